@@ -1,0 +1,32 @@
+"""The project's exceptions. Each subclasses the built-in kind a caller would catch anyway."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """An unknown config name, an unknown key, or a value of the wrong type."""
+
+
+class DownloadError(OSError):
+    """A checkpoint could not be made available.
+
+    ``attempts`` lists ``(url, what happened)`` for every source tried, in order; the message
+    repeats them and says what the user can do.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, path=None, attempts=()):
+        super().__init__(message)
+        self.key = key
+        self.path = path
+        self.attempts = list(attempts)
+
+    def __str__(self) -> str:  # OSError's own __str__ would prepend an errno
+        return self.args[0]
+
+
+class ChecksumError(DownloadError):
+    """A file's bytes are not the ones pinned in the registry (or announced by the server)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint file holds other tensors than the architecture expects (a wrong file)."""

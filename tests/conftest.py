@@ -1,0 +1,18 @@
+"""Shared fixtures. Every test runs on the CPU, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test sees the user's checkpoint folders or registry, nor writes under exp/."""
+    for var in ("DDRM_CHECKPOINT_DIR", "DDRM_REGISTRY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DDRM_EXP_DIR", str(tmp_path / "exp"))
