@@ -30,3 +30,7 @@ class ChecksumError(DownloadError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint file holds other tensors than the architecture expects (a wrong file)."""
+
+
+class ImageError(ValueError):
+    """A file or array that cannot be used as an image (not an image, wrong shape or range)."""
