@@ -34,8 +34,9 @@ from ddrm_helpers.download import RetryPolicy, fetch_checkpoint  # noqa: E402
 from ddrm_helpers.registry import CheckpointSpec, Source  # noqa: E402
 
 
-def serve(path: str, port_out, sent, cut_at):
-    """Serve ``path`` at /file; count body bytes in ``sent``; close once after ``cut_at`` bytes."""
+def serve(path: str, port_out, sent, cut_at, rate):
+    """Serve ``path`` at /file; count body bytes in ``sent``; close once after ``cut_at`` bytes;
+    send at most ``rate.value`` bytes per second when it is positive."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -60,15 +61,21 @@ def serve(path: str, port_out, sent, cut_at):
                 if cut_at.value > start:
                     end, cut_at.value = cut_at.value, 0
             offset = start
+            started = time.monotonic()
             with open(path, "rb") as f:
                 try:
                     while offset < end:
-                        n = os.sendfile(self.connection.fileno(), f.fileno(), offset, end - offset)
+                        step = end - offset if rate.value <= 0 else min(end - offset, 4 << 20)
+                        n = os.sendfile(self.connection.fileno(), f.fileno(), offset, step)
                         if n == 0:
                             break
                         offset += n
                         with sent.get_lock():
                             sent.value += n
+                        if rate.value > 0:
+                            ahead = (offset - start) / rate.value - (time.monotonic() - started)
+                            if ahead > 0:
+                                time.sleep(ahead)
                 except OSError:
                     pass
             self.close_connection = True
@@ -90,6 +97,8 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--rate-mb", type=float, default=100.0,
+                        help="also compare at this serving rate in MB/s, a fast real link (0: skip)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ddrm-bench-", dir=args.dir))
@@ -101,16 +110,14 @@ def main() -> None:
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
 
     ctx = mp.get_context("spawn")
-    port_q, sent, cut_at = ctx.Queue(), ctx.Value("q", 0), ctx.Value("q", 0)
-    server = ctx.Process(target=serve, args=(str(source), port_q, sent, cut_at), daemon=True)
+    port_q, sent, cut_at, rate = ctx.Queue(), ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("d", 0.0)
+    server = ctx.Process(target=serve, args=(str(source), port_q, sent, cut_at, rate), daemon=True)
     server.start()
     url = f"http://127.0.0.1:{port_q.get(timeout=30)}/file"
     spec = CheckpointSpec(key="bench", file="bench.bin", subdir="ours", size=size, sha256=sha, urls=(Source(url),))
 
-    plain_times, ours_times = [], []
-    try:
-        plain_download(url, work / "warmup.bin")  # page cache and connection paths warm
-        (work / "warmup.bin").unlink()
+    def compare(label: str) -> None:
+        plain_times, ours_times = [], []
         for _ in range(args.repeat):
             started = time.perf_counter()
             plain_download(url, work / "plain.bin")
@@ -121,6 +128,25 @@ def main() -> None:
             started = time.perf_counter()
             fetch_checkpoint(spec, work, progress=False, quiet=True)
             ours_times.append(time.perf_counter() - started)
+        plain, ours = statistics.median(plain_times), statistics.median(ours_times)
+        mb = size / 1e6
+        print(f"{label}:")
+        print(f"  plain requests stream-to-file : {mb / plain:7.0f} MB/s  ({plain:.2f} s; runs "
+              + ", ".join(f"{t:.2f}" for t in plain_times) + ")")
+        print(f"  fetch_checkpoint (hash+fsync) : {mb / ours:7.0f} MB/s  ({ours:.2f} s; runs "
+              + ", ".join(f"{t:.2f}" for t in ours_times) + ")")
+        print(f"  ratio fetch_checkpoint / plain: {plain / ours:.2f}  (target >= 0.90)")
+
+    print(f"file: {size:,} bytes ({args.size_mb} MiB) on loopback; median of {args.repeat} runs; "
+          f"{os.cpu_count()} CPUs")
+    try:
+        plain_download(url, work / "warmup.bin")  # page cache and connection paths warm
+        (work / "warmup.bin").unlink()
+        compare("unthrottled loopback (CPU-bound: server, client and hashing share the CPUs)")
+        if args.rate_mb > 0:
+            rate.value = args.rate_mb * 1e6
+            compare(f"served at {args.rate_mb:g} MB/s (a fast real connection)")
+            rate.value = 0.0
 
         shutil.rmtree(work / "ours", ignore_errors=True)
         with sent.get_lock():
@@ -133,18 +159,7 @@ def main() -> None:
     finally:
         server.terminate()
         shutil.rmtree(work, ignore_errors=True)
-
-    mb = size / 1e6
-    plain, ours = statistics.median(plain_times), statistics.median(ours_times)
-    print(f"file: {size:,} bytes ({args.size_mb} MiB) on loopback; median of {args.repeat} runs; "
-          f"{os.cpu_count()} CPUs")
-    print(f"plain requests stream-to-file : {mb / plain:7.0f} MB/s  ({plain:.2f} s; runs "
-          + ", ".join(f"{t:.2f}" for t in plain_times) + ")")
-    print(f"fetch_checkpoint (hash+fsync) : {mb / ours:7.0f} MB/s  ({ours:.2f} s; runs "
-          + ", ".join(f"{t:.2f}" for t in ours_times) + ")")
-    print(f"ratio fetch_checkpoint / plain: {plain / ours:.2f}  (target >= 0.90)")
-    print(f"cut at 60 % and resumed       : {resent:,} bytes sent again = {100 * resent / size:.3f} % "
-          "(target < 1 %)")
+    print(f"cut at 60 % and resumed: {resent:,} bytes sent again = {100 * resent / size:.3f} % (target < 1 %)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ How a file arrives:
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
 import os
@@ -47,6 +48,8 @@ RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 # What a body stream raises when the connection breaks or stalls, through requests or urllib3.
 STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 MARKUP_TYPES = ("text/html", "application/xhtml", "text/xml", "application/xml", "application/json")
+# Received bytes are synced to the disk in steps of this size while the download goes on.
+SYNC_EVERY = 64 << 20
 # Room left over on the disk beyond the file itself, so that finishing a download never fills it.
 DISK_MARGIN = 64 << 20
 
@@ -206,6 +209,35 @@ class _StreamHash:
     def hexdigests(self) -> dict[str, str]:
         self.close()
         return {a: h.hexdigest() for a, h in zip(self.algorithms, self._hashers)}
+
+
+class _FlushBehind:
+    """Writes received bytes to the disk while the download goes on.
+
+    The file is fsync'ed before it is renamed into place (else a crash could leave a verified name
+    over unwritten data); syncing every ``every`` bytes on a worker thread spreads that work over
+    the download instead of adding it at the end.
+    """
+
+    def __init__(self, every: int | None = None):
+        self.every, self.pending, self.unsynced = every or SYNC_EVERY, None, 0
+        self.sync = getattr(os, "fdatasync", os.fsync)
+
+    def wrote(self, out, n: int) -> None:
+        self.unsynced += n
+        if self.unsynced >= self.every and (self.pending is None or not self.pending.is_alive()):
+            out.flush()
+            self.pending = threading.Thread(target=self._sync, args=(out.fileno(),), daemon=True)
+            self.pending.start()
+            self.unsynced = 0
+
+    def _sync(self, fd: int) -> None:
+        with contextlib.suppress(OSError):  # the final fsync reports what matters
+            self.sync(fd)
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self.pending.join()
 
 
 class _Download:
@@ -447,6 +479,7 @@ class _Download:
         received = have
         first = True
         digest = self._hash_up_to(have)
+        flusher = _FlushBehind()
         try:
             with open(self.part, "r+b" if have else "wb") as out:
                 out.seek(have)
@@ -463,9 +496,11 @@ class _Download:
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
+                        flusher.wrote(out, len(chunk))
                 except STREAM_ERRORS as err:
                     raise _Retry(_network_error(err)) from None
                 finally:
+                    flusher.finish()
                     if not out.closed:
                         out.flush()
                         os.fsync(out.fileno())

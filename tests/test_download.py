@@ -124,6 +124,16 @@ def test_connection_reset_after_k_bytes_resumes_with_range(server, root, policy,
     assert sleeps == [1.0]
 
 
+def test_syncing_to_disk_during_the_download_keeps_the_bytes_right(server, root, policy, monkeypatch):
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr("ddrm_helpers.download.SYNC_EVERY", 256 << 10)
+    monkeypatch.setattr("os.fdatasync", lambda fd: synced.append(fd) or real(fd))
+    spec = spec_for(server.add("/m", PAYLOAD, faults=[("reset", 1_000_000)]))
+    assert_good(fetch(spec, root, policy))
+    assert len(synced) >= 3
+
+
 def test_500_n_times_then_success_backs_off_exponentially(server, root, policy, sleeps):
     spec = spec_for(server.add("/m", PAYLOAD, faults=[("status", 500)] * 3))
     assert_good(fetch(spec, root, policy))
