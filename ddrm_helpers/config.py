@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .paths import CONFIGS_DIR
 
 CONFIG_NAMES = ("celeba_hq", "imagenet_256", "imagenet_256_cc")
+OVERRIDES_ENV = "DDRM_CONFIG_OVERRIDES"
 REQUIRED_SECTIONS = ("name", "checkpoints", "ddrm", "data", "model", "diffusion", "sampling")
 
 
@@ -118,7 +119,26 @@ def load_config(name_or_path: str | os.PathLike, **overrides: Any) -> Config:
             f"{path} lacks the section(s) {', '.join(missing)}; a config needs "
             f"{', '.join(REQUIRED_SECTIONS)} (see configs/celeba_hq.yml for the schema)"
         )
-    return Config(data, str(data["name"])).replace(**overrides)
+    config = Config(data, str(data["name"]))
+    return config.replace(**{**env_overrides(config.name), **overrides})
+
+
+def env_overrides(name: str) -> dict[str, Any]:
+    """Overrides for config ``name`` from ``$DDRM_CONFIG_OVERRIDES``, a JSON object such as
+    ``{"celeba_hq": {"model.ch": 32, "data.image_size": 32}, "*": {"ddrm.steps": 5}}``.
+
+    For tests and experiments: it lets a notebook run unchanged with tiny models.
+    """
+    text = os.environ.get(OVERRIDES_ENV)
+    if not text:
+        return {}
+    try:
+        table = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"${OVERRIDES_ENV} is not valid JSON: {err}") from err
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError(f"${OVERRIDES_ENV} maps config names (or '*') to objects of dotted keys")
+    return {**table.get("*", {}), **table.get(name, {})}
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:

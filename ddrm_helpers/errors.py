@@ -34,3 +34,7 @@ class CheckpointMismatchError(ValueError):
 
 class ImageError(ValueError):
     """A file or array that cannot be used as an image (not an image, wrong shape or range)."""
+
+
+class ClassLabelError(ValueError):
+    """An ImageNet class label that is neither an index 0-999 nor a class name."""

@@ -32,6 +32,8 @@ REGISTRY_ENV = "DDRM_REGISTRY"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 MANIFESTS_DIR = CONFIGS_DIR / "manifests"
+# The shipped demo images live in the checkout, wherever DDRM_EXP_DIR points.
+DEMO_DIR = PROJECT_ROOT / "exp" / "datasets" / "demo"
 
 
 def exp_dir() -> Path:

@@ -13,6 +13,6 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     """No test sees the user's checkpoint folders or registry, nor writes under exp/."""
-    for var in ("DDRM_CHECKPOINT_DIR", "DDRM_REGISTRY"):
+    for var in ("DDRM_CHECKPOINT_DIR", "DDRM_REGISTRY", "DDRM_CONFIG_OVERRIDES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DDRM_EXP_DIR", str(tmp_path / "exp"))

@@ -112,3 +112,13 @@ def test_load_from_path_and_missing_sections(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="No config file"):
         load_config(tmp_path / "absent.yml")
+
+
+def test_overrides_from_the_environment_apply_by_name(monkeypatch):
+    monkeypatch.setenv("DDRM_CONFIG_OVERRIDES", '{"*": {"ddrm.steps": 5}, "celeba_hq": {"model.ch": 32}}')
+    assert (load_config("celeba_hq").model.ch, load_config("celeba_hq").ddrm.steps) == (32, 5)
+    assert load_config("imagenet_256").ddrm.steps == 5
+    assert load_config("celeba_hq", **{"ddrm.steps": 9}).ddrm.steps == 9  # explicit wins
+    monkeypatch.setenv("DDRM_CONFIG_OVERRIDES", "{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config("celeba_hq")
