@@ -6,10 +6,21 @@ Modules, one idea each:
 - ``registry``   the checkpoint registry (``configs/checkpoints.yml``)
 - ``paths``      the reference folder layout and the environment variables that move it
 - ``errors``     the exceptions
+- ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
+- ``schedule``   the diffusion's noise schedule and DDRM's timestep sequence
+- ``sampler``    the DDRM sampler (``ddrm_sample``)
 """
 
 from .config import Config, available_configs, load_config
-from .errors import CheckpointMismatchError, ChecksumError, ConfigError, DownloadError
+from .degradations import Degradation, available_degradations, make_degradation, text_mask
+from .errors import (
+    CheckpointMismatchError,
+    ChecksumError,
+    ConfigError,
+    DegradationError,
+    DownloadError,
+    SamplingError,
+)
 from .registry import CheckpointSpec, load_registry
 
 __all__ = [
@@ -18,9 +29,15 @@ __all__ = [
     "ChecksumError",
     "Config",
     "ConfigError",
+    "Degradation",
+    "DegradationError",
     "DownloadError",
+    "SamplingError",
     "available_configs",
+    "available_degradations",
     "load_config",
     "load_registry",
+    "make_degradation",
+    "text_mask",
 ]
 __version__ = "0.1.0"

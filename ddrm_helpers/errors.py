@@ -30,3 +30,13 @@ class ChecksumError(DownloadError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint file holds other tensors than the architecture expects (a wrong file)."""
+
+
+class DegradationError(ValueError):
+    """A degradation that cannot be built as asked (unknown name, a factor that does not divide the
+    image size, a mask of the wrong shape, ...), or an input of the wrong size for an operator."""
+
+
+class SamplingError(ValueError):
+    """Arguments of the DDRM sampler that cannot work together (a step count out of range, a
+    classifier without classes, a measurement of the wrong size, ...)."""
