@@ -22,6 +22,8 @@ from .errors import (
     SamplingError,
 )
 from .registry import CheckpointSpec, load_registry
+from .sampler import ddrm_sample, sigma_0_from_sigma_y
+from .schedule import timestep_sequence
 
 __all__ = [
     "CheckpointMismatchError",
@@ -35,9 +37,12 @@ __all__ = [
     "SamplingError",
     "available_configs",
     "available_degradations",
+    "ddrm_sample",
     "load_config",
     "load_registry",
     "make_degradation",
+    "sigma_0_from_sigma_y",
     "text_mask",
+    "timestep_sequence",
 ]
 __version__ = "0.1.0"
