@@ -207,8 +207,8 @@ class Separable(Degradation):
     """
 
     def __init__(self, channels: int, matrix_h: torch.Tensor, matrix_w: torch.Tensor, name: str):
-        factors = [_svd_with_numerical_zeros(a) for a in (matrix_h, matrix_w)]
-        (u_h, s_h, v_h), (u_w, s_w, v_w) = factors
+        u_h, s_h, v_h = _svd_with_numerical_zeros(matrix_h)
+        u_w, s_w, v_w = _svd_with_numerical_zeros(matrix_w)
         super().__init__(
             (channels, matrix_h.shape[1], matrix_w.shape[1]),
             torch.outer(s_h, s_w).reshape(-1).repeat(channels),
