@@ -109,9 +109,9 @@ def ddrm_sample(
     >>> x_hat.shape, bool((op.H(x_hat) - y).abs().max() < 1e-5)
     (torch.Size([1, 3, 8, 8]), True)
     """
-    batch = y.shape[0] if y.dim() else 0
-    image_shape = (batch, *degradation.image_shape)
     _check(y, degradation, sigma_0, eta, eta_b, classifier, classes, generator)
+    batch = y.shape[0]
+    image_shape = (batch, *degradation.image_shape)
     sigma_0 = float(sigma_0)
     device, dtype = y.device, y.dtype
     y = y.reshape(batch, -1)
@@ -130,8 +130,8 @@ def ddrm_sample(
 
     s = degradation.add_zeros(degradation.singulars()[None])[0]
     observed = s > s.max() * torch.finfo(dtype).eps ** 0.5
-    s = torch.where(observed, s, torch.zeros_like(s))
-    s_inv = torch.where(observed, 1 / torch.where(observed, s, torch.ones_like(s)), torch.zeros_like(s))
+    s_inv = torch.where(observed, s, torch.inf).reciprocal()
+    s = torch.where(observed, s, 0.0)
     uty = degradation.add_zeros(degradation.Ut(y))
     ybar = uty * s_inv
     y_noise_sq = (sigma_0 * s_inv) ** 2  # the noise variance of ybar, per coordinate
@@ -160,7 +160,7 @@ def ddrm_sample(
             callback({"i": i, "t": t, "sigma": sigma_t, "x_t": x_t, "x0": x0, "eps": eps})
 
         below_y = observed & (s * sigma_next < sigma_0)  # the target is less noisy than y
-        above_y = observed & ~below_y  # the target is noisier than y: y enters fully
+        above_y = observed & ~below_y  # the target is as noisy as y or more: y enters (eta_b)
         direction = torch.where(below_y, (uty - s * x0bar) * inv_sigma_0, epsbar)
         mean = torch.where(
             above_y,
