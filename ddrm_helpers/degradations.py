@@ -557,12 +557,7 @@ def _inp(shape, missing=0.5, seed=0):
         raise DegradationError(
             f"inp: missing={missing!r} is the fraction of pixels removed; give 0 <= missing < 1"
         )
-    generator = torch.Generator()
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    removed = torch.randperm(h * w, generator=generator)[: round(missing * h * w)]
+    removed = torch.randperm(h * w, generator=_cpu_generator(seed))[: round(missing * h * w)]
     mask = torch.ones(h * w, dtype=torch.bool)
     mask[removed] = False
     return Inpainting(mask.reshape(1, h, w).expand(c, h, w).clone(), "inp")
@@ -601,12 +596,7 @@ def _cs(shape, factor, seed=0):
         )
     if factor > n:
         raise DegradationError(f"cs{factor}: cannot keep 1/{factor} of {n} coefficients per channel")
-    generator = torch.Generator()
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    return WalshHadamardCS(shape, factor, torch.randperm(n, generator=generator), f"cs{factor}")
+    return WalshHadamardCS(shape, factor, torch.randperm(n, generator=_cpu_generator(seed)), f"cs{factor}")
 
 
 # The listed names, in the order a person reads them, with what each is.
@@ -711,6 +701,17 @@ def _lookup(name: str, shape):
         f"Unknown degradation '{name}'.{f' Did you mean {hint[0]!r}?' if hint else ''} "
         f"Known: {', '.join(known)} (sr<f>, sr_bicubic<f> and cs<f> take any integer factor)."
     )
+
+
+def _cpu_generator(seed: int | None) -> torch.Generator:
+    """Masks and permutations come from the CPU so that a seed means the same on every device;
+    ``seed=None`` asks for fresh randomness."""
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
 
 
 def _image_size(size, what: str = "image_size") -> tuple[int, int]:
