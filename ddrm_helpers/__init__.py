@@ -2,20 +2,38 @@
 
 Modules, one idea each:
 
-- ``config``     the three DDRM configs and ``load_config``
-- ``registry``   the checkpoint registry (``configs/checkpoints.yml``)
-- ``paths``      the reference folder layout and the environment variables that move it
-- ``errors``     the exceptions
-- ``download``   ``fetch_checkpoint``: verified, resumable, retried downloads from mirrors
-- ``verify``     is a file the right one (size, sha256, tensor manifest), and the record of it
-- ``status``     ``checkpoint_status`` / ``ensure_checkpoints``: which configs can run
-- ``cli``        ``python -m ddrm_helpers ...``
+- ``config``       the three DDRM configs and ``load_config``
+- ``registry``     the checkpoint registry (``configs/checkpoints.yml``)
+- ``paths``        the reference folder layout and the environment variables that move it
+- ``errors``       the exceptions
+- ``download``     ``fetch_checkpoint``: verified, resumable, retried downloads from mirrors
+- ``verify``       is a file the right one (size, sha256, tensor manifest), and the record of it
+- ``status``       ``checkpoint_status`` / ``ensure_checkpoints``: which configs can run
+- ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
+- ``schedule``     the diffusion's noise schedule and DDRM's timestep sequence
+- ``sampler``      the DDRM sampler (``ddrm_sample``)
+- ``images``       loading any photo as a tensor, saving tensors as pictures
+- ``metrics``      PSNR and SSIM
+- ``classes``      ImageNet class labels by index or name
+- ``cli``          ``python -m ddrm_helpers ...``
 """
 
 from .config import Config, available_configs, load_config
+from .degradations import Degradation, available_degradations, make_degradation, text_mask
 from .download import RetryPolicy, fetch_checkpoint
-from .errors import CheckpointMismatchError, ChecksumError, ConfigError, DownloadError
+from .errors import (
+    CheckpointMismatchError,
+    ChecksumError,
+    ClassLabelError,
+    ConfigError,
+    DegradationError,
+    DownloadError,
+    ImageError,
+    SamplingError,
+)
 from .registry import CheckpointSpec, load_registry
+from .sampler import ddrm_sample, sigma_0_from_sigma_y
+from .schedule import timestep_sequence
 from .status import CheckpointStatus, checkpoint_status, ensure_checkpoints
 
 __all__ = [
@@ -23,15 +41,26 @@ __all__ = [
     "CheckpointSpec",
     "CheckpointStatus",
     "ChecksumError",
+    "ClassLabelError",
     "Config",
     "ConfigError",
+    "Degradation",
+    "DegradationError",
     "DownloadError",
+    "ImageError",
     "RetryPolicy",
+    "SamplingError",
     "available_configs",
+    "available_degradations",
     "checkpoint_status",
+    "ddrm_sample",
     "ensure_checkpoints",
     "fetch_checkpoint",
     "load_config",
     "load_registry",
+    "make_degradation",
+    "sigma_0_from_sigma_y",
+    "text_mask",
+    "timestep_sequence",
 ]
 __version__ = "0.1.0"

@@ -38,3 +38,13 @@ class ImageError(ValueError):
 
 class ClassLabelError(ValueError):
     """An ImageNet class label that is neither an index 0-999 nor a class name."""
+
+
+class DegradationError(ValueError):
+    """A degradation that cannot be built as asked (unknown name, a factor that does not divide the
+    image size, a mask of the wrong shape, ...), or an input of the wrong size for an operator."""
+
+
+class SamplingError(ValueError):
+    """Arguments of the DDRM sampler that cannot work together (a step count out of range, a
+    classifier without classes, a measurement of the wrong size, ...)."""

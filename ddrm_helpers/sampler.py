@@ -1,0 +1,235 @@
+"""The DDRM sampler (Kawar, Elad, Ermon, Song, NeurIPS 2022) as one plain function.
+
+DDRM restores ``x`` from ``y = H x + sigma_0 z`` with a pretrained diffusion model and no training.
+With ``H = U diag(s) V^T`` it works on the spectral coordinates ``xbar = V^T x`` and
+``ybar_i = (U^T y)_i / s_i``: in them the problem is diagonal, coordinate i sees ``x`` through
+``ybar_i`` with noise ``sigma_0 / s_i``, or not at all when ``s_i = 0``.
+
+The diffusion is read in its variance-exploding form: ``x_t / sqrt(abar_t) = x_0 + sigma_t eps``
+with ``sigma_t = sqrt((1 - abar_t) / abar_t)``. Going from step t to the next, lower level
+``sigma' = sigma_{t_next}`` (0 after the last step), with ``x0bar = V^T x0_pred``,
+``epsbar = V^T eps_pred`` and a fresh standard normal ``n``, each coordinate takes (paper, eq. 8):
+
+* ``s_i = 0`` (missing):   ``x0bar + sqrt(1 - eta^2) sigma' epsbar + eta sigma' n``
+* ``s_i sigma' < sigma_0`` (the target is less noisy than y):
+  ``x0bar + sqrt(1 - eta^2) sigma' (ybar - x0bar) / (sigma_0 / s_i) + eta sigma' n``
+* ``s_i sigma' >= sigma_0`` (the target is noisier than y):
+  ``(1 - eta_b) x0bar + eta_b ybar + sqrt(sigma'^2 - eta_b^2 sigma_0^2 / s_i^2) n``
+
+and ``x_{t_next} = sqrt(abar_{t_next}) V xbar``. The start, at the largest timestep T of the
+sequence, is ``xbar_T = ybar + sqrt(sigma_T^2 - sigma_0^2 / s_i^2) n`` where ``s_i sigma_T >= sigma_0``
+and ``sigma_T n`` elsewhere (paper eq. 7; the reference code's rule for the rest).
+
+Noise and reproducibility: the sampler draws ``[B, N]`` standard normals in the spectral domain,
+one before the loop (for ``x_T``) and one per step, in that order, all from ``generator``, on the
+device and in the dtype of ``y``. Coordinate i of a draw serves whichever case i is in. Same
+generator state, device and inputs: same output. (The tests inject their noise this way.)
+
+A singular value at or below ``sqrt(eps(dtype)) * max(s)`` (3.5e-4 of the largest in float32)
+is treated as 0: ``ybar_i = (U^T y)_i / s_i`` would amplify the rounding of ``y`` by ``1 / s_i``.
+The operators stay exact; only the sampler declines to trust those coordinates. Blurs have such
+values (at 256 x 256, down to 1e-10 for ``deblur_aniso``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import SamplingError
+from .schedule import alphas_cumprod, linear_betas, timestep_sequence
+
+
+def sigma_0_from_sigma_y(sigma_y: float) -> float:
+    """The measurement noise std in the model's [-1, 1] range from ``sigma_y`` in [0, 1] pixel
+    units: ``2 * sigma_y``. The user-facing layer converts once; ``ddrm_sample`` takes sigma_0.
+
+    >>> sigma_0_from_sigma_y(0.05)
+    0.1
+    """
+    return 2.0 * float(sigma_y)
+
+
+@torch.no_grad()
+def ddrm_sample(
+    model: Callable[..., torch.Tensor],
+    y: torch.Tensor,
+    degradation,
+    sigma_0: float,
+    *,
+    steps: int = 20,
+    eta: float = 0.85,
+    eta_b: float = 1.0,
+    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    classes: torch.Tensor | None = None,
+    classifier_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    betas: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Restore images from ``y = H x + sigma_0 z`` with DDRM; returns ``x_hat`` ``[B, C, H, W]``.
+
+    Args:
+        model: the noise predictor, ``model(x_t, t)`` or, when ``classes`` is given,
+            ``model(x_t, t, classes)``; ``t`` is a ``[B]`` tensor of the integer timestep (in x's
+            dtype, as the reference passes it). An output with 2C channels (learned sigma, the
+            OpenAI models) is cut to its first C.
+        y: the measurement ``[B, M]`` (as ``degradation.H`` returns it, or any shape with M
+            entries per batch item), on the device and in the dtype everything runs in.
+        degradation: an operator from :func:`make_degradation`, on y's device and dtype.
+        sigma_0: the std of the noise in y, in the model's [-1, 1] range (2 x sigma_y; see
+            :func:`sigma_0_from_sigma_y`). 0 for a noiseless measurement.
+        steps: network evaluations, exactly; timesteps from :func:`timestep_sequence`.
+        eta, eta_b: DDRM's eta (noise injected in the missing and less-noisy-than-y coordinates)
+            and eta_b (weight of y where the target is noisier than y); both in [0, 1].
+        classifier, classes, classifier_scale: guidance, ``classifier(x_t, t)`` returns logits;
+            ``eps <- eps - sqrt(1 - abar_t) * scale * grad_{x_t} log softmax(logits)[classes]``,
+            the gradient taken at the current ``x_t``.
+        generator: the source of every random draw (see the module notes for their order).
+        callback: called after each network evaluation with ``i`` (0-based), ``t``, ``sigma``
+            (sigma_t), ``x_t`` (the model's input), ``x0`` (the prediction of x_0) and ``eps``
+            (the noise prediction, guidance included), images ``[B, C, H, W]``.
+        progress: a tqdm progress bar.
+        betas: the training noise schedule; the configs' linear 1e-4..0.02 over 1000 by default.
+
+    The output is not clipped (noiseless measurements are reproduced exactly: ``H x_hat = y``).
+
+    >>> from ddrm_helpers import make_degradation
+    >>> from ddrm_helpers.schedule import alphas_cumprod, linear_betas
+    >>> abar = alphas_cumprod(linear_betas()).float()
+    >>> def standard_normal_prior(x, t):  # the exact noise predictor when x_0 ~ N(0, I)
+    ...     return (1 - abar[t.long()]).sqrt().view(-1, 1, 1, 1) * x
+    >>> op = make_degradation("sr2", 8)
+    >>> y = op.H(torch.rand(1, 3, 8, 8))
+    >>> x_hat = ddrm_sample(standard_normal_prior, y, op, 0.0, steps=5, progress=False)
+    >>> x_hat.shape, bool((op.H(x_hat) - y).abs().max() < 1e-5)
+    (torch.Size([1, 3, 8, 8]), True)
+    """
+    _check(y, degradation, sigma_0, eta, eta_b, classifier, classes, generator)
+    batch = y.shape[0]
+    image_shape = (batch, *degradation.image_shape)
+    sigma_0 = float(sigma_0)
+    device, dtype = y.device, y.dtype
+    y = y.reshape(batch, -1)
+
+    if betas is None:
+        betas = linear_betas()
+    schedule = alphas_cumprod(betas.detach().to("cpu", torch.float64))
+    abar = schedule.tolist() + [1.0]  # abar[-1]: "t = -1", after the last step, no noise
+    times = timestep_sequence(steps, len(schedule))
+
+    def sigma(t: int) -> float:
+        return math.sqrt((1 - abar[t]) / abar[t])
+
+    def normal() -> torch.Tensor:
+        return torch.randn(batch, degradation.input_dim, generator=generator, device=device, dtype=dtype)
+
+    s = degradation.add_zeros(degradation.singulars()[None])[0]
+    observed = s > s.max() * torch.finfo(dtype).eps ** 0.5
+    s_inv = torch.where(observed, s, torch.inf).reciprocal()
+    s = torch.where(observed, s, 0.0)
+    uty = degradation.add_zeros(degradation.Ut(y))
+    ybar = uty * s_inv
+    y_noise_sq = (sigma_0 * s_inv) ** 2  # the noise variance of ybar, per coordinate
+    inv_sigma_0 = 1 / sigma_0 if sigma_0 > 0 else 0.0  # with sigma_0 = 0 no coordinate is below y
+
+    sigma_T = sigma(times[-1])
+    trusted = observed & (s * sigma_T >= sigma_0)
+    z = normal()
+    xbar = torch.where(trusted, ybar + (sigma_T**2 - y_noise_sq).clamp_min(0).sqrt() * z, sigma_T * z)
+
+    pairs = list(zip(reversed(times), reversed([-1, *times[:-1]])))
+    for i, (t, t_next) in enumerate(tqdm(pairs, desc="DDRM", disable=not progress)):
+        sigma_t, sigma_next = sigma(t), sigma(t_next)
+        x_t = (math.sqrt(abar[t]) * degradation.V(xbar)).reshape(image_shape)
+        t_batch = torch.full((batch,), float(t), device=device, dtype=dtype)
+        eps = _predict_noise(model, x_t, t_batch, classes)
+        if classifier is not None:
+            grad = _log_prob_gradient(classifier, x_t, t_batch, classes)
+            eps = eps - math.sqrt(1 - abar[t]) * classifier_scale * grad
+        epsbar = degradation.Vt(eps)
+        # x_t / sqrt(abar_t) = x0 + sigma_t eps, so the prediction of x0 in the spectral domain
+        # comes from the xbar we hold, without another transform.
+        x0bar = xbar - sigma_t * epsbar
+        if callback is not None:
+            x0 = (x_t - math.sqrt(1 - abar[t]) * eps) / math.sqrt(abar[t])
+            callback({"i": i, "t": t, "sigma": sigma_t, "x_t": x_t, "x0": x0, "eps": eps})
+
+        below_y = observed & (s * sigma_next < sigma_0)  # the target is less noisy than y
+        above_y = observed & ~below_y  # the target is as noisy as y or more: y enters (eta_b)
+        direction = torch.where(below_y, (uty - s * x0bar) * inv_sigma_0, epsbar)
+        mean = torch.where(
+            above_y,
+            eta_b * ybar + (1 - eta_b) * x0bar,
+            x0bar + math.sqrt(1 - eta**2) * sigma_next * direction,
+        )
+        std = torch.where(
+            above_y,
+            (sigma_next**2 - eta_b**2 * y_noise_sq).clamp_min(0).sqrt(),
+            torch.full_like(s, eta * sigma_next),
+        )
+        xbar = mean + std * normal()
+    return degradation.V(xbar).reshape(image_shape)
+
+
+def _predict_noise(model, x: torch.Tensor, t: torch.Tensor, classes) -> torch.Tensor:
+    out = model(x, t) if classes is None else model(x, t, classes)
+    channels = x.shape[1]
+    if out.shape[1] == 2 * channels and out.shape[2:] == x.shape[2:]:
+        out = out[:, :channels]  # learned-sigma models append the variance channels
+    if out.shape != x.shape:
+        raise SamplingError(
+            f"the model returned a tensor of shape {list(out.shape)} for x_t of shape {list(x.shape)}; "
+            f"DDRM needs the noise prediction, of x's shape (or with 2x{channels} channels, learned sigma)"
+        )
+    return out.to(x.dtype)
+
+
+def _log_prob_gradient(classifier, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``grad_x sum_b log softmax(classifier(x, t))[b, classes[b]]`` at ``x``."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        log_probs = torch.log_softmax(classifier(x_in, t), dim=-1)
+        chosen = log_probs.gather(1, classes.reshape(-1, 1)).sum()
+        return torch.autograd.grad(chosen, x_in)[0].to(x.dtype)
+
+
+def _check(y, degradation, sigma_0, eta, eta_b, classifier, classes, generator) -> None:
+    if not isinstance(y, torch.Tensor) or y.dim() < 2 or not y.is_floating_point():
+        raise SamplingError(
+            f"y must be a floating-point tensor [B, M] (a batch of measurements); got "
+            f"{type(y).__name__} {list(y.shape) if isinstance(y, torch.Tensor) else ''}".rstrip()
+        )
+    if y[0].numel() != degradation.measurement_dim:
+        raise SamplingError(
+            f"y has {y[0].numel()} entries per image, but {degradation.name} measures "
+            f"{degradation.measurement_dim}; pass y = degradation.H(x) (+ noise) of this degradation"
+        )
+    s = degradation.singulars()
+    if s.device != y.device or s.dtype != y.dtype:
+        raise SamplingError(
+            f"the degradation is on {s.device} in {s.dtype} but y is on {y.device} in {y.dtype}; "
+            "move it with degradation.to(y.device, y.dtype)"
+        )
+    sigma_0 = float(sigma_0)
+    if not (math.isfinite(sigma_0) and sigma_0 >= 0):
+        raise SamplingError(f"sigma_0={sigma_0!r} is a noise std: give a number >= 0 (0 for no noise)")
+    for name, value in (("eta", eta), ("eta_b", eta_b)):
+        if not 0 <= value <= 1:
+            raise SamplingError(f"{name}={value!r} must be in [0, 1] (the paper uses eta=0.85, eta_b=1)")
+    if classifier is not None and classes is None:
+        raise SamplingError("classifier guidance needs classes: a [B] tensor of class indices")
+    if classes is not None and (classes.shape != (y.shape[0],) or classes.device != y.device):
+        raise SamplingError(
+            f"classes must be a [{y.shape[0]}] tensor of class indices on {y.device}; "
+            f"got shape {list(classes.shape)} on {classes.device}"
+        )
+    if generator is not None and torch.device(generator.device).type != y.device.type:
+        raise SamplingError(
+            f"the generator is on {generator.device} but y is on {y.device}; make it with "
+            f"torch.Generator(device=y.device).manual_seed(seed)"
+        )
