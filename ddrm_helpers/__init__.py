@@ -6,10 +6,12 @@ Modules, one idea each:
 - ``registry``   the checkpoint registry (``configs/checkpoints.yml``)
 - ``paths``      the reference folder layout and the environment variables that move it
 - ``errors``     the exceptions
+- ``models``     the three networks (``build_model``, ``build_classifier``)
 """
 
 from .config import Config, available_configs, load_config
 from .errors import CheckpointMismatchError, ChecksumError, ConfigError, DownloadError
+from .models import build_classifier, build_model
 from .registry import CheckpointSpec, load_registry
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "ConfigError",
     "DownloadError",
     "available_configs",
+    "build_classifier",
+    "build_model",
     "load_config",
     "load_registry",
 ]

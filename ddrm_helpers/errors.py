@@ -30,3 +30,7 @@ class ChecksumError(DownloadError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint file holds other tensors than the architecture expects (a wrong file)."""
+
+
+class ModelInputError(ValueError):
+    """A network was called with inputs of the wrong shape, or without a class label it needs."""
