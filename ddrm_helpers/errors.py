@@ -32,5 +32,9 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint file holds other tensors than the architecture expects (a wrong file)."""
 
 
+class ImageError(ValueError):
+    """A file or array that cannot be used as an image (not an image, wrong shape or range)."""
+
+
 class ModelInputError(ValueError):
     """A network was called with inputs of the wrong shape, or without a class label it needs."""

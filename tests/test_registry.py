@@ -89,3 +89,9 @@ def test_plain_http_is_allowed_on_loopback_only(tmp_path):
              "urls": ["http://127.0.0.1:8000/x.pt"]}
     path.write_text(yaml.safe_dump({"x": entry}))
     assert load_registry(path)["x"].urls[0].url.startswith("http://127.0.0.1")
+
+
+def test_source_notes_are_read_whole():
+    # An unquoted " #24" in YAML would start a comment and cut the note short.
+    note = load_registry()["celeba_hq"].urls[0].note
+    assert note.endswith("recommended in ddrm issue #24")

@@ -1,0 +1,167 @@
+"""Images in and out: any photo a user has, as a square tensor in [-1, 1]; tensors back to pictures.
+
+>>> x = load_image("exp/datasets/demo/cat_chelsea.png", 256)   # (3, 256, 256), float32, [-1, 1]
+>>> save_image(x, "out.png")
+
+Accepted: a path, a PIL image, a NumPy array (H, W), (H, W, 3) or (H, W, 4), or a tensor (C, H, W);
+8-bit or 16-bit integers, or floats in [0, 1]. Grey images become three equal channels;
+transparency is laid over white; palette, CMYK and 16-bit files are converted; the EXIF orientation
+of camera photos is applied.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageSource = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+
+def load_image(source: ImageSource, size: int | None = None) -> torch.Tensor:
+    """An RGB image as a float32 tensor (3, H, W) in [-1, 1].
+
+    With ``size``, the largest centred square is cut out and resized to ``size`` x ``size``
+    (bicubic, antialiased), as the models want.
+    """
+    image = to_rgb_pil(source)
+    if size is not None:
+        image = center_square(image, size)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def load_images(sources, size: int) -> torch.Tensor:
+    """Several images as one batch (N, 3, size, size)."""
+    if isinstance(sources, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        sources = [sources]
+    return torch.stack([load_image(s, size) for s in sources])
+
+
+def describe(source: ImageSource) -> str:
+    """A short name for a source, for titles and file names."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).stem
+    if isinstance(source, Image.Image) and getattr(source, "filename", ""):
+        return Path(source.filename).stem
+    return type(source).__name__.lower()
+
+
+def to_rgb_pil(source: ImageSource) -> Image.Image:
+    """Any accepted source as an 8-bit RGB PIL image."""
+    if isinstance(source, (str, os.PathLike)):
+        image = _open(Path(source))
+    elif isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source, "array")
+    elif isinstance(source, torch.Tensor):
+        tensor = source.detach().cpu()
+        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
+            tensor = tensor.permute(1, 2, 0)
+        image = _from_array(tensor.numpy(), "tensor")
+    else:
+        raise ImageError(
+            f"cannot use a {type(source).__name__} as an image: give a file path, a PIL image, "
+            "a NumPy array or a tensor"
+        )
+    return _to_rgb(image)
+
+
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """The largest centred square of ``image``, resized to ``size`` x ``size``."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """A tensor (3, H, W) or (1, H, W) in [-1, 1] as an (H, W, 3) uint8 array (values clipped)."""
+    x = x.detach().float().cpu()
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    return Image.fromarray(to_uint8(x))
+
+
+def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Save a tensor in [-1, 1] as a PNG (or the format of the suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(x).save(path)
+    return path
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.exists():
+        raise FileNotFoundError(f"No image at {path}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(
+            f"{path} is not an image that can be read ({type(err).__name__}: {err}). "
+            "Give a PNG, JPEG, WebP, TIFF, BMP or GIF file."
+        ) from err
+    image.filename = str(path)
+    return image
+
+
+def _from_array(array: np.ndarray, what: str) -> Image.Image:
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ImageError(
+            f"an image {what} must be (H, W), (H, W, 3) or (H, W, 4) (a tensor may be (C, H, W)); "
+            f"got shape {tuple(array.shape)}"
+        )
+    if array.dtype == np.uint8:
+        pass
+    elif array.dtype == np.uint16:
+        array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
+        array = array.astype(np.float32)
+        if np.isnan(array).any():
+            raise ImageError(f"the image {what} holds NaN values")
+        if array.min() < -1e-3 or array.max() > 1 + 1e-3:
+            raise ImageError(
+                f"a float image {what} must hold values in [0, 1]; got [{array.min():.3g}, {array.max():.3g}] "
+                "(a tensor in [-1, 1] from this package: use (x + 1) / 2)"
+            )
+        array = (array.clip(0, 1) * 255).round().astype(np.uint8)
+    else:
+        raise ImageError(f"an image {what} must be uint8, uint16 or float in [0, 1]; got {array.dtype}")
+    return Image.fromarray(array)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (and 32-bit integer) grey: scale the range of the type, not of the picture.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() <= 65535 else float(array.max())
+        image = Image.fromarray((array / top * 255).clip(0, 255).round().astype(np.uint8))
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        image = Image.fromarray((array / top * 255).clip(0, 255).round().astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")

@@ -1,0 +1,188 @@
+"""`checkpoint_status` and `ensure_checkpoints`: which configs can run, and why not.
+
+>>> status = checkpoint_status()          # a table in a notebook, text in a terminal
+>>> status.ready("celeba_hq")
+False
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import available_configs, load_config
+from .download import fetch_checkpoint, format_size
+from .errors import DownloadError
+from .paths import CHECKPOINT_DIR_ENV, checkpoint_root
+from .registry import CheckpointSpec, get_spec
+from .verify import MISSING, UNPINNED, VERIFIED, Verification, verify_file
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    """One checkpoint of one config."""
+
+    config: str
+    display: str
+    role: str  # "model" or "classifier"
+    key: str
+    file: str
+    path: Path
+    state: str  # verified, unpinned, missing, corrupt
+    size: int | None  # on disk, or expected when missing
+    detail: str
+    sha256: str | None = None
+    error: str | None = None  # the full DownloadError message when a download was tried and failed
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (VERIFIED, UNPINNED)
+
+
+class CheckpointStatus:
+    """The state of every checkpoint of the asked-for configs."""
+
+    def __init__(self, rows: list[CheckpointRow], root: Path):
+        self.rows = rows
+        self.root = root
+
+    def configs(self) -> list[str]:
+        return list(dict.fromkeys(r.config for r in self.rows))
+
+    def ready(self, config: str) -> bool:
+        rows = [r for r in self.rows if r.config == config]
+        return bool(rows) and all(r.ok for r in rows)
+
+    def problems(self, config: str) -> list[CheckpointRow]:
+        return [r for r in self.rows if r.config == config and not r.ok]
+
+    @property
+    def all_ready(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    def summary(self) -> str:
+        ready = [c for c in self.configs() if self.ready(c)]
+        waiting = [c for c in self.configs() if not self.ready(c)]
+        lines = [f"Ready to run: {', '.join(ready) if ready else 'none'}."]
+        if waiting:
+            lines.append(
+                f"Not ready: {', '.join(waiting)}. Download with `python -m ddrm_helpers download "
+                + " ".join(f"--config {c}" for c in waiting)
+                + "` (or `ensure_checkpoints()` in the notebook); docs/downloads.md says how to place files by hand."
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        header = ("config", "checkpoint", "state", "size", "detail")
+        table = [header] + [
+            (r.config, f"{r.path.parent.name}/{r.file}", r.state, _size(r.size), r.detail) for r in self.rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        lines = [f"Checkpoints under {self.root} (another folder: set {CHECKPOINT_DIR_ENV}, or --dir)"]
+        for row in table:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+        return "\n".join(lines + ["", self.summary()])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        colour = {VERIFIED: "#1a7f37", UNPINNED: "#9a6700", MISSING: "#6e7781"}
+        cells = []
+        for r in self.rows:
+            state = html.escape(r.state)
+            cells.append(
+                "<tr>"
+                f"<td>{html.escape(r.display)}</td><td><code>{html.escape(r.file)}</code></td>"
+                f"<td style='color:{colour.get(r.state, '#cf222e')};font-weight:bold'>{state}</td>"
+                f"<td>{_size(r.size)}</td><td style='text-align:left'>{html.escape(r.detail)}</td>"
+                "</tr>"
+            )
+        summary = html.escape(self.summary()).replace("\n", "<br>")
+        return (
+            f"<p>Checkpoints under <code>{html.escape(str(self.root))}</code></p>"
+            "<table><thead><tr><th>config</th><th>file</th><th>state</th><th>size</th><th>detail</th></tr>"
+            f"</thead><tbody>{''.join(cells)}</tbody></table><p>{summary}</p>"
+        )
+
+
+def checkpoint_status(
+    config_names: str | list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    registry: dict[str, CheckpointSpec] | None = None,
+) -> CheckpointStatus:
+    """Per config, each checkpoint: verified, unpinned (verified as far as possible), missing or corrupt.
+
+    A file is hashed at most once (a record of a good verification is kept beside it), so calling
+    this again is cheap.
+    """
+    return _status(config_names, cache_dir, registry, fetch=False)
+
+
+def ensure_checkpoints(
+    config_names: str | list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    registry: dict[str, CheckpointSpec] | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+    retry=None,
+) -> CheckpointStatus:
+    """Fetch every checkpoint the configs need, as far as possible; never raises for a failed download.
+
+    Returns the status afterwards: a failed download shows in its row (``detail`` in short,
+    ``error`` in full) and its message is printed, so that "run all" goes on to the next cell.
+    """
+    return _status(config_names, cache_dir, registry, fetch=True,
+                   fetch_options=dict(progress=progress, quiet=quiet, retry=retry))
+
+
+def _status(config_names, cache_dir, registry, *, fetch: bool, fetch_options=None) -> CheckpointStatus:
+    names = [config_names] if isinstance(config_names, str) else list(config_names or available_configs())
+    configs = [load_config(name) for name in names]
+    rows, seen = [], {}
+    for config in configs:
+        for role, key in config.checkpoints.items():
+            if key not in seen:
+                spec = get_spec(key, registry)
+                seen[key] = _check_one(spec, cache_dir, fetch, fetch_options or {})
+            spec, found, error = seen[key]
+            rows.append(CheckpointRow(
+                config=config.name, display=config.display, role=role, key=key, file=spec.file,
+                path=found.path, state=found.state, size=found.size or spec.max_size,
+                detail=_detail(spec, found, error), sha256=found.sha256, error=str(error) if error else None,
+            ))
+    return CheckpointStatus(rows, checkpoint_root(cache_dir))
+
+
+def _check_one(spec: CheckpointSpec, cache_dir, fetch: bool, options: dict):
+    error = None
+    if fetch:
+        try:
+            fetch_checkpoint(spec, cache_dir, **options)
+        except DownloadError as err:
+            error = err
+            print(err, flush=True)
+    return spec, verify_file(spec, spec.path(cache_dir)), error
+
+
+def _detail(spec: CheckpointSpec, found: Verification, error: DownloadError | None) -> str:
+    if error:
+        outcomes = list(dict.fromkeys(outcome for _, outcome in error.attempts)) or [str(error).split("\n")[0]]
+        return "download failed: " + "; ".join(outcomes) + " (the full message is printed above)"
+    if found.state == MISSING:
+        part = found.path.with_name(found.path.name + ".part")
+        if part.exists():
+            have = part.stat().st_size
+            return f"partial download, {_size(have)} of {_size(spec.max_size)}; `download` resumes it"
+        return "not downloaded yet; `download` fetches it"
+    if found.state == UNPINNED:
+        return f"no published hash; checked by size and tensor manifest; sha256 {found.sha256[:16]}..."
+    return found.detail
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None else format_size(n)
