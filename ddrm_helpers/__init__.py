@@ -9,14 +9,14 @@ Modules, one idea each:
 - ``download``   ``fetch_checkpoint``: verified, resumable, retried downloads from mirrors
 - ``verify``     is a file the right one (size, sha256, tensor manifest), and the record of it
 - ``status``     ``checkpoint_status`` / ``ensure_checkpoints``: which configs can run
-- ``models``     the three networks (``build_model``, ``build_classifier``)
+- ``models``     the three networks (``build_model``, ``build_classifier``, ``load_pretrained``)
 - ``cli``        ``python -m ddrm_helpers ...``
 """
 
 from .config import Config, available_configs, load_config
 from .download import RetryPolicy, fetch_checkpoint
 from .errors import CheckpointMismatchError, ChecksumError, ConfigError, DownloadError
-from .models import build_classifier, build_model
+from .models import build_classifier, build_model, load_pretrained
 from .registry import CheckpointSpec, load_registry
 from .status import CheckpointStatus, checkpoint_status, ensure_checkpoints
 
@@ -36,6 +36,7 @@ __all__ = [
     "ensure_checkpoints",
     "fetch_checkpoint",
     "load_config",
+    "load_pretrained",
     "load_registry",
 ]
 __version__ = "0.1.0"
