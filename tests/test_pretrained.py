@@ -153,8 +153,9 @@ def test_half_precision_only_where_the_config_asks_and_on_a_gpu():
     assert _torso_dtype(no_fp16, "classifier", gpu) is None
 
 
-def _wider(states) -> dict:
-    return seeded_weights_(build_model(tiny_config("imagenet_256", **{"model.num_channels": 64})), 0).state_dict()
+def _without_learned_sigma(state: dict) -> dict:
+    """The same network with 3 output channels instead of 6 (``learn_sigma: false``)."""
+    return {**state, "out.2.weight": state["out.2.weight"][:3], "out.2.bias": state["out.2.bias"][:3]}
 
 
 # case -> (config, registry key, what to put in its file, what the message must say)
@@ -181,9 +182,10 @@ WRONG_FILES = {
     "ImageNet file for CelebA-HQ": (
         "celeba_hq", "celeba_hq", lambda s: saved(s["imagenet_256_uncond"]),
         r"looks like the unconditional guided-diffusion UNet.*not the CelebA-HQ DDPM UNet"),
-    "a network of another width": (
-        "imagenet_256", "imagenet_256_uncond", lambda s: saved(_wider(s)),
-        r"but of another size or configuration .*of another shape \(.*instead of"),
+    "a network of another configuration": (
+        "imagenet_256", "imagenet_256_uncond", lambda s: saved(_without_learned_sigma(s["imagenet_256_uncond"])),
+        r"but of another size or configuration \(2 tensor\(s\) of another shape \(out\.2\.weight: "
+        r"\[3, 32, 3, 3\] instead of \[6, 32, 3, 3\]"),
     "some other network": (
         "imagenet_256", "imagenet_256_uncond", lambda s: saved({"encoder.weight": torch.ones(4, 4)}),
         r"it is not one of the three networks \(566 tensor\(s\) missing .*1 tensor\(s\) unexpected"),
