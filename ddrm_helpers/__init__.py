@@ -12,6 +12,7 @@ Modules, one idea each:
 - ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
 - ``schedule``     the diffusion's noise schedule and DDRM's timestep sequence
 - ``sampler``      the DDRM sampler (``ddrm_sample``)
+- ``models``       the three networks (``build_model``, ``build_classifier``, ``load_pretrained``)
 - ``images``       loading any photo as a tensor, saving tensors as pictures
 - ``metrics``      PSNR and SSIM
 - ``classes``      ImageNet class labels by index or name
@@ -29,8 +30,10 @@ from .errors import (
     DegradationError,
     DownloadError,
     ImageError,
+    ModelInputError,
     SamplingError,
 )
+from .models import build_classifier, build_model, load_pretrained
 from .registry import CheckpointSpec, load_registry
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
 from .schedule import timestep_sequence
@@ -48,15 +51,19 @@ __all__ = [
     "DegradationError",
     "DownloadError",
     "ImageError",
+    "ModelInputError",
     "RetryPolicy",
     "SamplingError",
     "available_configs",
     "available_degradations",
+    "build_classifier",
+    "build_model",
     "checkpoint_status",
     "ddrm_sample",
     "ensure_checkpoints",
     "fetch_checkpoint",
     "load_config",
+    "load_pretrained",
     "load_registry",
     "make_degradation",
     "sigma_0_from_sigma_y",

@@ -48,3 +48,7 @@ class DegradationError(ValueError):
 class SamplingError(ValueError):
     """Arguments of the DDRM sampler that cannot work together (a step count out of range, a
     classifier without classes, a measurement of the wrong size, ...)."""
+
+
+class ModelInputError(ValueError):
+    """A network was called with inputs of the wrong shape, or without a class label it needs."""
