@@ -13,7 +13,8 @@ def test_names_and_indices_resolve_offline():
 
 
 def test_a_wrong_name_gets_suggestions():
-    with pytest.raises(ClassLabelError, match=r"'cat' is not an ImageNet class name\. Did you mean: 'tiger cat' \(282\)"):
+    suggestion = r"'cat' is not an ImageNet class name\. Did you mean: 'tiger cat' \(282\)"
+    with pytest.raises(ClassLabelError, match=suggestion):
         resolve_class("cat")
     with pytest.raises(ClassLabelError, match="outside 0-999"):
         resolve_class(1000)
