@@ -16,11 +16,15 @@ Modules, one idea each:
 - ``images``       loading any photo as a tensor, saving tensors as pictures
 - ``metrics``      PSNR and SSIM
 - ``classes``      ImageNet class labels by index or name
+- ``runner``       ``run_config``: one config end to end (images, degrade, restore, measure, save)
+- ``display``      ``show_results`` / ``show_grid``: the inline figures
+- ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
 - ``cli``          ``python -m ddrm_helpers ...``
 """
 
 from .config import Config, available_configs, load_config
 from .degradations import Degradation, available_degradations, make_degradation, text_mask
+from .display import show_grid, show_results
 from .download import RetryPolicy, fetch_checkpoint
 from .errors import (
     CheckpointMismatchError,
@@ -35,6 +39,7 @@ from .errors import (
 )
 from .models import build_classifier, build_model, load_pretrained
 from .registry import CheckpointSpec, load_registry
+from .runner import RunResult, Skipped, run_config
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
 from .schedule import timestep_sequence
 from .status import CheckpointStatus, checkpoint_status, ensure_checkpoints
@@ -53,7 +58,9 @@ __all__ = [
     "ImageError",
     "ModelInputError",
     "RetryPolicy",
+    "RunResult",
     "SamplingError",
+    "Skipped",
     "available_configs",
     "available_degradations",
     "build_classifier",
@@ -66,6 +73,9 @@ __all__ = [
     "load_pretrained",
     "load_registry",
     "make_degradation",
+    "run_config",
+    "show_grid",
+    "show_results",
     "sigma_0_from_sigma_y",
     "text_mask",
     "timestep_sequence",

@@ -2,10 +2,14 @@
 
     python -m ddrm_helpers status   [--config NAME ...] [--dir DIR]
     python -m ddrm_helpers download [--config NAME ... | --all] [--dir DIR] [--quiet]
+    python -m ddrm_helpers run      --config NAME [--config NAME ...] [--task TASK] [--sigma-y S]
+                                    [--steps N] [--seed K] [--images PATH ...] [--classes C ...]
+                                    [--out DIR] [--dir DIR] [--device DEV]
 
 ``status`` exits 0 after showing every config; asked about given configs (``--config``) it exits 1
 when one of them cannot run. ``download`` exits 1 when a checkpoint it was asked for is still
-missing afterwards.
+missing afterwards. ``run`` exits 1 when no config could run (each skipped one says why), and 2 on
+bad input (a file that is not an image, an unknown task or class).
 """
 
 from __future__ import annotations
@@ -40,6 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--all", action="store_true", help="every config (the default)")
     download.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
     download.set_defaults(handler=_download)
+
+    run = commands.add_parser("run", help="degrade and restore images with one or more configs")
+    run.add_argument("--config", action="append", required=True, choices=available_configs(), metavar="NAME",
+                     help=f"a config ({', '.join(available_configs())}); repeat for several")
+    run.add_argument("--task", help="the degradation (default: the config's); see docs/ddrm.md")
+    run.add_argument("--sigma-y", type=float, help="measurement noise in [0, 1] pixel units (default: the config's)")
+    run.add_argument("--steps", type=int, help="DDRM steps (default: 20)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--images", nargs="+", metavar="PATH", help="image files (default: the demo images)")
+    run.add_argument("--classes", nargs="+", metavar="C",
+                     help="Config 3: ImageNet classes, an index or a name, one for all images or one per image")
+    run.add_argument("--out", metavar="DIR", help="where run folders go (default: exp/image_samples)")
+    run.add_argument("--dir", metavar="DIR",
+                     help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
+    run.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    run.set_defaults(handler=_run)
     return parser
 
 
@@ -62,11 +82,26 @@ def _download(args) -> int:
     return 0 if status.all_ready else 1
 
 
+def _run(args) -> int:
+    from .runner import run_config
+
+    classes = args.classes[0] if args.classes and len(args.classes) == 1 else args.classes
+    ran = 0
+    for name in args.config:
+        result = run_config(name, images=args.images, task=args.task, sigma_y=args.sigma_y, steps=args.steps,
+                            seed=args.seed, classes=classes, out_dir=args.out,
+                            cache_dir=args.dir, device=args.device)
+        ran += not result.skipped
+    if not ran:
+        print("Nothing could run: see the reasons above.", file=sys.stderr)
+    return 0 if ran else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

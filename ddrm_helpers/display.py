@@ -91,3 +91,30 @@ def _show_or_return(fig, show: bool):
         plt.close(fig)
         return None
     return fig
+
+
+def show_results(result, *, show: bool = True):
+    """The grid of one run: original | degraded | restored, a row per image, PSNR/SSIM under each.
+
+    A skipped config prints why and draws nothing.
+    """
+    if getattr(result, "skipped", False):
+        print(result, flush=True)
+        return None
+    rows = []
+    for i, name in enumerate(result.names):
+        label = name
+        if result.classes is not None:
+            from .classes import class_name
+
+            label += f"\n({class_name(int(result.classes[i]))})"
+        rows.append(label)
+    degraded = f"degraded: {result.task}, sigma_y {result.sigma_y:g}"
+    notes = {
+        degraded: [f"baseline PSNR {m['psnr_degraded']:.2f} dB, SSIM {m['ssim_degraded']:.3f}"
+                   for m in result.metrics],
+        "restored": [f"PSNR {m['psnr_restored']:.2f} dB, SSIM {m['ssim_restored']:.3f}" for m in result.metrics],
+    }
+    title = f"{result.display}: {result.steps} steps, eta {result.eta:g}, {result.seconds:.1f} s on {result.device}"
+    return show_grid({"original": result.original, degraded: result.degraded, "restored": result.restored},
+                     rows, title=title, notes=notes, show=show)
