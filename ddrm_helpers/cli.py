@@ -1,15 +1,19 @@
 """The command line: ``python -m ddrm_helpers <command>``.
 
+    python -m ddrm_helpers demo     [--steps N] [--dir DIR] [--out DIR] [--device DEV]
     python -m ddrm_helpers status   [--config NAME ...] [--dir DIR]
     python -m ddrm_helpers download [--config NAME ... | --all] [--dir DIR] [--quiet]
     python -m ddrm_helpers run      --config NAME [--config NAME ...] [--task TASK] [--sigma-y S]
                                     [--steps N] [--seed K] [--images PATH ...] [--classes C ...]
                                     [--out DIR] [--dir DIR] [--device DEV]
 
-``status`` exits 0 after showing every config; asked about given configs (``--config``) it exits 1
-when one of them cannot run. ``download`` exits 1 when a checkpoint it was asked for is still
-missing afterwards. ``run`` exits 1 when no config could run (each skipped one says why), and 2 on
-bad input (a file that is not an image, an unknown task or class).
+``demo`` is the notebook's "run all" in a terminal: it fetches what it can, runs every config
+whose checkpoints are there on the demo images with the config's defaults, skips the others with
+the reason, prints a summary, and exits 0. ``status`` exits 0 after showing every config; asked
+about given configs (``--config``) it exits 1 when one of them cannot run. ``download`` exits 1
+when a checkpoint it was asked for is still missing afterwards. ``run`` exits 1 when no config
+could run (each skipped one says why), and 2 on bad input (a file that is not an image, an unknown
+task or class).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"a config ({', '.join(available_configs())}); repeat for several")
         sub.add_argument("--dir", metavar="DIR",
                          help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
+
+    demo = commands.add_parser("demo", help="every config on the demo images, as the notebook's 'run all'")
+    demo.add_argument("--steps", type=int, help="DDRM steps (default: 20)")
+    demo.add_argument("--dir", metavar="DIR", help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
+    demo.add_argument("--out", metavar="DIR", help="where run folders go (default: exp/image_samples)")
+    demo.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    demo.set_defaults(handler=_demo)
 
     status = commands.add_parser("status", help="show which checkpoints are present and verified")
     add_common(status)
@@ -80,6 +91,19 @@ def _download(args) -> int:
     print()
     print(status)
     return 0 if status.all_ready else 1
+
+
+def _demo(args) -> int:
+    from .notebook import run_summary
+    from .runner import run_config
+    from .status import ensure_checkpoints
+
+    print(ensure_checkpoints(cache_dir=args.dir), end="\n\n", flush=True)
+    results = [run_config(name, steps=args.steps, cache_dir=args.dir, out_dir=args.out, device=args.device)
+               for name in available_configs()]
+    print()
+    run_summary(*results)
+    return 0
 
 
 def _run(args) -> int:

@@ -168,3 +168,14 @@ def test_cli_run_end_to_end_and_its_exit_codes(server, tiny, tmp_path, capsys):
     assert "Unknown degradation 'blur'" in capsys.readouterr().err
     assert cli.main(["run", "--config", "imagenet_256_cc", "--classes", "kitty"]) == 2
     assert "'kitty' is not an ImageNet class name" in capsys.readouterr().err
+
+
+def test_cli_demo_runs_what_it_can_skips_the_rest_and_exits_0(server, tmp_path, monkeypatch, capsys):
+    install_tiny_checkpoints(server, tmp_path, monkeypatch, keys=("celeba_hq",))
+    monkeypatch.setenv("DDRM_EXP_DIR", str(tmp_path / "exp"))
+    assert cli.main(["demo", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Ready to run: celeba_hq." in out
+    assert "- Config 1: CelebA-HQ (DDPM): ran sr4 (sigma_y 0.05, 2 steps) on 1 image(s)" in out
+    assert "- Config 2: ImageNet unconditional (OpenAI): skipped: 256x256_diffusion_uncond.pt is missing" in out
+    assert [p.name.startswith("celeba_hq_sr4_") for p in (tmp_path / "exp" / "image_samples").iterdir()] == [True]
