@@ -16,3 +16,12 @@ def _isolated_env(monkeypatch, tmp_path):
     for var in ("DDRM_CHECKPOINT_DIR", "DDRM_REGISTRY", "DDRM_CONFIG_OVERRIDES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DDRM_EXP_DIR", str(tmp_path / "exp"))
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server that misbehaves on request (see tests/faulty_server.py)."""
+    from .faulty_server import FaultyServer
+
+    with FaultyServer() as s:
+        yield s

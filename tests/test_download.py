@@ -27,7 +27,6 @@ from ddrm_helpers.registry import CheckpointSpec, Source
 from ddrm_helpers.verify import CORRUPT, VERIFIED, verify_file
 
 from .conftest import REPO
-from .faulty_server import FaultyServer
 from .tiny_files import state_dict_bytes, write_manifest
 
 pytestmark = pytest.mark.server
@@ -37,12 +36,6 @@ PAYLOAD = random.Random(1234).randbytes(SIZE)
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 S3_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
              b"<Message>Access Denied</Message><RequestId>4442587FB7D0A2F9</RequestId></Error>")
-
-
-@pytest.fixture
-def server():
-    with FaultyServer() as s:
-        yield s
 
 
 @pytest.fixture

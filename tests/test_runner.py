@@ -17,19 +17,12 @@ from ddrm_helpers.metrics import psnr
 from ddrm_helpers.paths import DEMO_DIR
 from ddrm_helpers.runner import RunResult, Skipped, run_config
 
-from .faulty_server import FaultyServer
 from .tiny_models import install_tiny_checkpoints
 
 pytestmark = pytest.mark.server
 
 FACE = DEMO_DIR / "face_eileen_collins.png"
 CAT = DEMO_DIR / "cat_chelsea.png"
-
-
-@pytest.fixture
-def server():
-    with FaultyServer() as s:
-        yield s
 
 
 @pytest.fixture

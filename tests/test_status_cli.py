@@ -13,7 +13,6 @@ from ddrm_helpers.registry import load_registry
 from ddrm_helpers.status import checkpoint_status, ensure_checkpoints
 
 from .conftest import REPO
-from .faulty_server import FaultyServer
 from .tiny_files import pinned_entry, random_bytes, state_dict_bytes, unpinned_entry, write_manifest, write_registry
 
 pytestmark = pytest.mark.server
@@ -23,12 +22,6 @@ FILES = {
     "imagenet_256_uncond": ("256x256_diffusion_uncond.pt", "imagenet"),
     "imagenet_256_cond": ("256x256_diffusion.pt", "imagenet"),
 }
-
-
-@pytest.fixture
-def server():
-    with FaultyServer() as s:
-        yield s
 
 
 @pytest.fixture
