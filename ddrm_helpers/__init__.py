@@ -17,13 +17,14 @@ Modules, one idea each:
 - ``metrics``      PSNR and SSIM
 - ``classes``      ImageNet class labels by index or name
 - ``runner``       ``run_config``: one config end to end (images, degrade, restore, measure, save)
+- ``noise``        ``estimate_noise``: a photo's noise level from the photo alone
 - ``display``      ``show_results`` / ``show_grid``: the inline figures
 - ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
 - ``cli``          ``python -m ddrm_helpers ...``
 """
 
 from .config import Config, available_configs, load_config
-from .degradations import Degradation, available_degradations, make_degradation, text_mask
+from .degradations import Degradation, available_degradations, box_mask, make_degradation, text_mask
 from .display import show_grid, show_results
 from .download import RetryPolicy, fetch_checkpoint
 from .errors import (
@@ -38,6 +39,7 @@ from .errors import (
     SamplingError,
 )
 from .models import build_classifier, build_model, load_pretrained
+from .noise import estimate_noise
 from .registry import CheckpointSpec, load_registry
 from .runner import RunResult, Skipped, run_config
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
@@ -63,11 +65,13 @@ __all__ = [
     "Skipped",
     "available_configs",
     "available_degradations",
+    "box_mask",
     "build_classifier",
     "build_model",
     "checkpoint_status",
     "ddrm_sample",
     "ensure_checkpoints",
+    "estimate_noise",
     "fetch_checkpoint",
     "load_config",
     "load_pretrained",
