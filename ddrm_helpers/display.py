@@ -117,7 +117,7 @@ def show_results(result, *, show: bool = True):
     if result.original is not None:
         columns["reference" if result.from_photo else "original"] = result.original
     estimated = " (estimated)" if result.sigma_y_estimated else ""
-    degraded = f"{'photo' if result.from_photo else 'degraded'}: {result.task}, sigma_y {result.sigma_y:g}{estimated}"
+    degraded = f"{'photo' if result.from_photo else 'degraded'}: {result.task}, sigma_y {result.sigma_y:.3g}{estimated}"
     columns[degraded] = result.degraded
     if result.from_photo and result.baseline.shape != result.degraded.shape:
         columns["bicubic upscale"] = result.baseline

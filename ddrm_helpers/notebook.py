@@ -143,7 +143,7 @@ def run_summary(*results: RunResult | Skipped | dict | None) -> str:
             where = f", saved in {r.out_dir}" if r.out_dir else ""
             samples = f", {r.num_samples} samples" if r.num_samples > 1 else ""
             inputs = "a photo" if r.from_photo else f"{len(r.names)} image(s)"
-            lines.append(f"- {r.display}: ran {r.task} (sigma_y {r.sigma_y:g}, {r.steps} steps{samples}) on "
+            lines.append(f"- {r.display}: ran {r.task} (sigma_y {r.sigma_y:.3g}, {r.steps} steps{samples}) on "
                          f"{inputs}{scores}{where}")
     text = "\n".join(lines) if lines else "Nothing ran yet."
     print(text)

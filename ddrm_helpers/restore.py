@@ -240,8 +240,9 @@ def _fit(image: torch.Tensor, side: int, fit: str, task: str, size: int, mask: t
             "mirroring its edges (fit='pad')."
         )
     if image.shape[-1] != side:
-        notes.append(f"Resized from {image.shape[-1]}x{image.shape[-1]} to {side}x{side}: {task} restores "
-                     f"{side}x{side} photos to the model's {size}x{size}.")
+        resized = f"Resized from {image.shape[-1]}x{image.shape[-1]} to {side}x{side}"
+        notes.append(f"{resized}: {task} makes the model's {size}x{size} out of {side}x{side}." if side != size
+                     else f"{resized}, the model's size.")
         image = F.interpolate(image[None], size=(side, side), mode="bicubic", antialias=True,
                               align_corners=False)[0].clamp(-1, 1)
         if mask is not None:  # nearest, so that the mask stays white and black

@@ -101,7 +101,7 @@ class RunResult:
         estimated = " (estimated)" if self.sigma_y_estimated else ""
         inputs = "1 photo" if self.from_photo else f"{len(self.names)} image(s)"
         samples = f", {self.num_samples} samples each" if self.num_samples > 1 else ""
-        lines = [f"{self.display}: {self.task}, sigma_y {self.sigma_y:g}{estimated}, {self.steps} steps, "
+        lines = [f"{self.display}: {self.task}, sigma_y {self.sigma_y:.3g}{estimated}, {self.steps} steps, "
                  f"{inputs}{samples} in {self.seconds:.1f} s on {self.device}"]
         for m in self.metrics:
             lines.append(f"  {m['name']}: restored PSNR {m['psnr_restored']:.2f} dB / SSIM {m['ssim_restored']:.3f}"

@@ -138,10 +138,10 @@ def test_a_photo_of_another_size_is_cropped_or_padded_then_resized_and_the_user_
     assert torch.equal(rows[:, 1:7], low) and torch.equal(rows[:, 0], low[:, 0]) and torch.equal(rows[:, 7], low[:, 5])
 
     resized = restore(low, "sr4", steps=1)
-    assert resized.notes[1] == "Resized from 6x6 to 8x8: sr4 restores 8x8 photos to the model's 32x32."
+    assert resized.notes[1] == "Resized from 6x6 to 8x8: sr4 makes the model's 32x32 out of 8x8."
     assert resized.degraded.shape == (1, 3, 8, 8)
     small = restore(load_image(FACE, 16), "deno", steps=1)
-    assert small.notes == ["Resized from 16x16 to 32x32: deno restores 32x32 photos to the model's 32x32."]
+    assert small.notes == ["Resized from 16x16 to 32x32, the model's size."]
 
 
 def test_a_mask_is_fitted_with_the_photo_and_a_wrong_mask_fails_clearly(tiny):
@@ -205,7 +205,7 @@ def test_estimated_sigma_y_is_used_and_told(tiny, capsys):
     result = restore(noisy, "deno", sigma_y="estimate", steps=1)
     assert result.sigma_y_estimated and result.sigma_y == pytest.approx(0.1, rel=0.15)
     assert result.notes[-1].startswith(f"sigma_y {result.sigma_y:.3g} estimated from the photo")
-    assert f"sigma_y {result.sigma_y:g} (estimated)" in capsys.readouterr().out
+    assert f"sigma_y {result.sigma_y:.3g} (estimated)" in capsys.readouterr().out
 
 
 def test_the_spread_is_zero_where_the_measurement_decides_and_not_where_the_model_invents(tiny):
