@@ -17,13 +17,16 @@ Modules, one idea each:
 - ``metrics``      PSNR and SSIM
 - ``classes``      ImageNet class labels by index or name
 - ``runner``       ``run_config``: one config end to end (images, degrade, restore, measure, save)
+- ``restore``      ``restore_photo``: a user's degraded photo is the measurement; restore it
+- ``noise``        ``estimate_noise``: a photo's noise level from the photo alone
 - ``display``      ``show_results`` / ``show_grid``: the inline figures
+- ``progress``     the restoration as it happens: ``collect_frames``, ``show_progress``, ``animate_progress``
 - ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
 - ``cli``          ``python -m ddrm_helpers ...``
 """
 
 from .config import Config, available_configs, load_config
-from .degradations import Degradation, available_degradations, make_degradation, text_mask
+from .degradations import Degradation, available_degradations, box_mask, make_degradation, text_mask
 from .display import show_grid, show_results
 from .download import RetryPolicy, fetch_checkpoint
 from .errors import (
@@ -38,7 +41,10 @@ from .errors import (
     SamplingError,
 )
 from .models import build_classifier, build_model, load_pretrained
+from .noise import estimate_noise
+from .progress import animate_progress, collect_frames, show_progress
 from .registry import CheckpointSpec, load_registry
+from .restore import degraded_photo, restore_photo
 from .runner import RunResult, Skipped, run_config
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
 from .schedule import timestep_sequence
@@ -61,20 +67,27 @@ __all__ = [
     "RunResult",
     "SamplingError",
     "Skipped",
+    "animate_progress",
     "available_configs",
     "available_degradations",
+    "box_mask",
     "build_classifier",
     "build_model",
     "checkpoint_status",
+    "collect_frames",
     "ddrm_sample",
+    "degraded_photo",
     "ensure_checkpoints",
+    "estimate_noise",
     "fetch_checkpoint",
     "load_config",
     "load_pretrained",
     "load_registry",
     "make_degradation",
+    "restore_photo",
     "run_config",
     "show_grid",
+    "show_progress",
     "show_results",
     "sigma_0_from_sigma_y",
     "text_mask",

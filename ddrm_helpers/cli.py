@@ -6,6 +6,11 @@
     python -m ddrm_helpers run      --config NAME [--config NAME ...] [--task TASK] [--sigma-y S]
                                     [--steps N] [--seed K] [--images PATH ...] [--classes C ...]
                                     [--out DIR] [--dir DIR] [--device DEV]
+    python -m ddrm_helpers restore  --config NAME --task TASK --photo PATH [--mask PATH]
+                                    [--kernel K ... | --kernel-h K ... --kernel-w K ...]
+                                    [--sigma-y S | --estimate-noise] [--samples K] [--fit crop|pad]
+                                    [--steps N] [--seed K] [--reference PATH] [--classes C]
+                                    [--out DIR] [--dir DIR] [--device DEV]
 
 ``demo`` is the notebook's "run all" in a terminal: it fetches what it can, runs every config
 whose checkpoints are there on the demo images with the config's defaults, skips the others with
@@ -13,7 +18,9 @@ the reason, prints a summary, and exits 0. ``status`` exits 0 after showing ever
 about given configs (``--config``) it exits 1 when one of them cannot run. ``download`` exits 1
 when a checkpoint it was asked for is still missing afterwards. ``run`` exits 1 when no config
 could run (each skipped one says why), and 2 on bad input (a file that is not an image, an unknown
-task or class).
+task or class). ``restore`` restores your own degraded photo (docs/real-photos.md); it exits 1
+when the config cannot run and 2 on bad input (a mask of the wrong size, a task no photo can be, a
+kernel for a task that takes none).
 """
 
 from __future__ import annotations
@@ -71,6 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
     run.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     run.set_defaults(handler=_run)
+
+    restore = commands.add_parser("restore", help="restore your own degraded photo (small, grey, blurred, masked, "
+                                  "noisy)")
+    restore.add_argument("--config", required=True, choices=available_configs(), metavar="NAME",
+                         help=f"the config ({', '.join(available_configs())})")
+    restore.add_argument("--task", required=True,
+                         help="what happened to the photo: sr4, sr_bicubic4, color, inp_mask, deblur_gauss, deblur, "
+                              "deno, ... (docs/real-photos.md)")
+    restore.add_argument("--photo", required=True, metavar="PATH", help="the degraded photo")
+    restore.add_argument("--mask", metavar="PATH",
+                         help="inp_mask: an image of the photo's size, white = keep, black = missing")
+    restore.add_argument("--kernel", nargs="+", type=float, metavar="K",
+                         help="deblur: the 1-D blur kernel, on both axes")
+    restore.add_argument("--kernel-h", nargs="+", type=float, metavar="K", help="deblur: the kernel along the height")
+    restore.add_argument("--kernel-w", nargs="+", type=float, metavar="K", help="deblur: the kernel along the width")
+    noise = restore.add_mutually_exclusive_group()
+    noise.add_argument("--sigma-y", type=float,
+                       help="the photo's noise in [0, 1] pixel units (default: the config's)")
+    noise.add_argument("--estimate-noise", action="store_true", help="estimate the photo's noise from the photo")
+    restore.add_argument("--samples", type=int, default=1, metavar="K",
+                         help="restorations to draw; with 2 or more, their mean and spread are saved too")
+    restore.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                         help="a photo that is not square: its centred square (crop) or mirrored out (pad)")
+    restore.add_argument("--steps", type=int, help="DDRM steps (default: 20)")
+    restore.add_argument("--seed", type=int, default=0)
+    restore.add_argument("--reference", metavar="PATH", help="the undamaged image, if you have it: PSNR/SSIM")
+    restore.add_argument("--classes", metavar="C", help="Config 3: the photo's ImageNet class, an index or a name")
+    restore.add_argument("--out", metavar="DIR", help="where run folders go (default: exp/image_samples)")
+    restore.add_argument("--dir", metavar="DIR",
+                         help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
+    restore.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    restore.set_defaults(handler=_restore)
     return parser
 
 
@@ -119,6 +158,22 @@ def _run(args) -> int:
     if not ran:
         print("Nothing could run: see the reasons above.", file=sys.stderr)
     return 0 if ran else 1
+
+
+def _restore(args) -> int:
+    from .restore import restore_photo
+
+    kernels = {"kernel": args.kernel, "kernel_h": args.kernel_h, "kernel_w": args.kernel_w}
+    result = restore_photo(
+        args.config, args.photo, args.task, sigma_y="estimate" if args.estimate_noise else args.sigma_y,
+        steps=args.steps, seed=args.seed, num_samples=args.samples, mask=args.mask, fit=args.fit,
+        reference=args.reference, classes=args.classes,
+        degradation_params={key: value for key, value in kernels.items() if value is not None},
+        out_dir=args.out, cache_dir=args.dir, device=args.device,
+    )
+    if result.skipped:
+        print("Nothing could run: see the reason above.", file=sys.stderr)
+    return 1 if result.skipped else 0
 
 
 def main(argv: list[str] | None = None) -> int:

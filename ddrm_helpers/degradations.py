@@ -58,6 +58,8 @@ __all__ = [
     "Separable",
     "WalshHadamardCS",
     "available_degradations",
+    "box_mask",
+    "load_mask",
     "make_degradation",
     "text_mask",
 ]
@@ -469,7 +471,29 @@ def text_mask(
     return torch.from_numpy(np.asarray(canvas) >= 128)
 
 
-def _load_mask(mask, shape: tuple[int, int, int], name: str) -> torch.Tensor:
+def box_mask(image_size: int | Sequence[int], top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """A bool ``[H, W]`` mask that is False (missing) in the box whose top-left pixel is
+    ``(top, left)`` and True elsewhere; a box reaching past the edge is cut there.
+
+    >>> mask = box_mask((4, 6), top=1, left=2, height=2, width=9)
+    >>> mask.int().tolist()[1]
+    [1, 1, 0, 0, 0, 0]
+    """
+    rows, columns = _image_size(image_size)
+    top, left = int(top), int(left)
+    height = _positive_int(height, "box_mask: height")
+    width = _positive_int(width, "box_mask: width")
+    if not (0 <= top < rows and 0 <= left < columns):
+        raise DegradationError(
+            f"box_mask: the box's top-left pixel ({top}, {left}) is outside the {rows}x{columns} image; "
+            f"give 0 <= top < {rows} and 0 <= left < {columns}"
+        )
+    mask = torch.ones(rows, columns, dtype=torch.bool)
+    mask[top : top + height, left : left + width] = False
+    return mask
+
+
+def load_mask(mask, shape: tuple[int, int, int], name: str) -> torch.Tensor:
     """A mask given as a path, a PIL image, an array or a tensor -> bool ``[C, H, W]``, True = kept.
 
     Images: grey level >= 128 is kept (white = observed, black = missing). Arrays and tensors:
@@ -577,7 +601,7 @@ def _inp_box(shape, box=None):
 
 
 def _inp_mask(shape, mask):
-    return Inpainting(_load_mask(mask, shape, "inp_mask"), "inp_mask")
+    return Inpainting(load_mask(mask, shape, "inp_mask"), "inp_mask")
 
 
 def _color(shape):

@@ -94,9 +94,13 @@ def _show_or_return(fig, show: bool):
 
 
 def show_results(result, *, show: bool = True):
-    """The grid of one run: original | degraded | restored, a row per image, PSNR/SSIM under each.
+    """The grid of one run, a row per image: original | degraded | restored, PSNR/SSIM under each.
 
-    A skipped config prints why and draws nothing.
+    With several samples, the restored column becomes the samples, their mean and their spread
+    (the per-pixel standard deviation across the samples, in [0, 1] pixel units: bright where they
+    disagree). A restored photo (``from_photo``) shows the photo, its bicubic upscale for
+    super-resolution, and its reference only if one was given. A skipped config prints why and
+    draws nothing.
     """
     if getattr(result, "skipped", False):
         print(result, flush=True)
@@ -109,12 +113,32 @@ def show_results(result, *, show: bool = True):
 
             label += f"\n({class_name(int(result.classes[i]))})"
         rows.append(label)
-    degraded = f"degraded: {result.task}, sigma_y {result.sigma_y:g}"
-    notes = {
-        degraded: [f"baseline PSNR {m['psnr_degraded']:.2f} dB, SSIM {m['ssim_degraded']:.3f}"
-                   for m in result.metrics],
-        "restored": [f"PSNR {m['psnr_restored']:.2f} dB, SSIM {m['ssim_restored']:.3f}" for m in result.metrics],
-    }
-    title = f"{result.display}: {result.steps} steps, eta {result.eta:g}, {result.seconds:.1f} s on {result.device}"
-    return show_grid({"original": result.original, degraded: result.degraded, "restored": result.restored},
-                     rows, title=title, notes=notes, show=show)
+    columns, notes, cmap = {}, {}, {}
+    if result.original is not None:
+        columns["reference" if result.from_photo else "original"] = result.original
+    estimated = " (estimated)" if result.sigma_y_estimated else ""
+    degraded = f"{'photo' if result.from_photo else 'degraded'}: {result.task}, sigma_y {result.sigma_y:.3g}{estimated}"
+    columns[degraded] = result.degraded
+    if result.from_photo and result.baseline.shape != result.degraded.shape:
+        columns["bicubic upscale"] = result.baseline
+    if result.num_samples == 1:
+        first = "restored"
+        columns[first] = result.restored
+    else:
+        first, mean = "sample 1", f"mean of {result.num_samples}"
+        for k in range(result.num_samples):
+            columns[f"sample {k + 1}"] = result.samples[:, k]
+        columns[mean] = result.mean
+        columns["spread (std)"] = result.spread
+        cmap["spread (std)"] = "magma"
+        if result.metrics:
+            notes[mean] = [f"PSNR {m['psnr_mean']:.2f} dB, SSIM {m['ssim_mean']:.3f}" for m in result.metrics]
+    if result.metrics:
+        notes[degraded] = [f"baseline PSNR {m['psnr_degraded']:.2f} dB, SSIM {m['ssim_degraded']:.3f}"
+                           for m in result.metrics]
+        notes[first] = [f"PSNR {m['psnr_restored']:.2f} dB, SSIM {m['ssim_restored']:.3f}" for m in result.metrics]
+    samples = f", {result.num_samples} samples" if result.num_samples > 1 else ""
+    title = (f"{result.display}: {result.steps} steps, eta {result.eta:g}{samples}, {result.seconds:.1f} s "
+             f"on {result.device}")
+    return show_grid(columns, rows, title=title, notes=notes, cmap=cmap,
+                     cell_inches=2.6 if len(columns) <= 4 else 2.0, show=show)

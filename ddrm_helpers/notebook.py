@@ -135,11 +135,16 @@ def run_summary(*results: RunResult | Skipped | dict | None) -> str:
         if r.skipped:
             lines.append(f"- {r.display}: skipped: {r.reason}")
         else:
-            mean_psnr = sum(m["psnr_restored"] for m in r.metrics) / len(r.metrics)
-            mean_ssim = sum(m["ssim_restored"] for m in r.metrics) / len(r.metrics)
+            scores = ""
+            if r.metrics:
+                mean_psnr = sum(m["psnr_restored"] for m in r.metrics) / len(r.metrics)
+                mean_ssim = sum(m["ssim_restored"] for m in r.metrics) / len(r.metrics)
+                scores = f": PSNR {mean_psnr:.2f} dB, SSIM {mean_ssim:.3f}"
             where = f", saved in {r.out_dir}" if r.out_dir else ""
-            lines.append(f"- {r.display}: ran {r.task} (sigma_y {r.sigma_y:g}, {r.steps} steps) on "
-                         f"{len(r.names)} image(s): PSNR {mean_psnr:.2f} dB, SSIM {mean_ssim:.3f}{where}")
+            samples = f", {r.num_samples} samples" if r.num_samples > 1 else ""
+            inputs = "a photo" if r.from_photo else f"{len(r.names)} image(s)"
+            lines.append(f"- {r.display}: ran {r.task} (sigma_y {r.sigma_y:.3g}, {r.steps} steps{samples}) on "
+                         f"{inputs}{scores}{where}")
     text = "\n".join(lines) if lines else "Nothing ran yet."
     print(text)
     return text

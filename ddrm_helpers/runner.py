@@ -8,10 +8,18 @@ A config whose checkpoints cannot be had returns a `Skipped` result naming the f
 never an exception, so that "run all" in the notebook goes on. Bad input (a file that is not an
 image, an unknown task, a class name that is not an ImageNet class) raises a ``ValueError`` that
 says what is wrong.
+
+``num_samples=K`` restores every input K times in one batched call (the measurement repeated K
+times) and adds the samples' mean and per-pixel spread to the result. The same machinery restores a
+user's own degraded photo: :func:`ddrm_helpers.restore.restore_photo`.
+
+Randomness: one ``torch.Generator`` seeded with ``seed`` makes every draw of a run, the measurement
+noise first (one ``[N, M]`` draw), then the sampler's (see :mod:`ddrm_helpers.sampler`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -23,7 +31,7 @@ import yaml
 
 from .classes import class_name, resolve_classes
 from .config import Config, load_config
-from .degradations import make_degradation
+from .degradations import Degradation, make_degradation
 from .images import describe, load_images, save_image
 from .metrics import psnr, ssim
 from .paths import DEMO_DIR, exp_dir
@@ -54,7 +62,12 @@ class Skipped:
 
 @dataclass
 class RunResult:
-    """What one run produced. Images are CPU tensors in [-1, 1], one row per input image."""
+    """What one run produced. Images are CPU tensors in [-1, 1], one row per input image.
+
+    A run of :func:`run_config` degrades ``original`` itself; a run of
+    :func:`~ddrm_helpers.restore.restore_photo` (``from_photo``) starts from the user's photo,
+    which is ``degraded``, and has an ``original`` only when a reference was given.
+    """
 
     config: str
     display: str
@@ -65,27 +78,65 @@ class RunResult:
     eta_b: float
     seed: int
     names: list[str]
-    original: torch.Tensor
+    original: torch.Tensor | None  # None for a photo restored without a reference
     degraded: torch.Tensor  # the measurement y shown as an image (a low-resolution image for SR)
     baseline: torch.Tensor  # the degraded image at full size (bicubic upscale for SR), for comparison
-    restored: torch.Tensor
-    metrics: list[dict]
+    restored: torch.Tensor  # the first sample of each image
+    metrics: list[dict]  # against the original; empty when there is none
     classes: list[int] | None = None
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
     device: str = "cpu"
     seconds: float = 0.0
     skipped: bool = False
+    num_samples: int = 1
+    samples: torch.Tensor | None = None  # [N, K, C, H, W]: every sample of every image
+    mean: torch.Tensor | None = None  # the samples' mean, when K >= 2
+    spread: torch.Tensor | None = None  # [N, 1, H, W]: per-pixel std across the samples, [0, 1] units, K >= 2
+    from_photo: bool = False
+    sigma_y_estimated: bool = False
+    notes: list[str] = field(default_factory=list)  # what was done to the input to make it fit
 
     def __str__(self) -> str:
-        lines = [f"{self.display}: {self.task}, sigma_y {self.sigma_y:g}, {self.steps} steps, "
-                 f"{len(self.names)} image(s) in {self.seconds:.1f} s on {self.device}"]
+        estimated = " (estimated)" if self.sigma_y_estimated else ""
+        inputs = "1 photo" if self.from_photo else f"{len(self.names)} image(s)"
+        samples = f", {self.num_samples} samples each" if self.num_samples > 1 else ""
+        lines = [f"{self.display}: {self.task}, sigma_y {self.sigma_y:.3g}{estimated}, {self.steps} steps, "
+                 f"{inputs}{samples} in {self.seconds:.1f} s on {self.device}"]
         for m in self.metrics:
             lines.append(f"  {m['name']}: restored PSNR {m['psnr_restored']:.2f} dB / SSIM {m['ssim_restored']:.3f}"
                          f"; degraded PSNR {m['psnr_degraded']:.2f} dB / SSIM {m['ssim_degraded']:.3f}")
         if self.out_dir:
             lines.append(f"  saved in {self.out_dir}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run does, with the config's defaults filled in and checked."""
+
+    task: str
+    sigma_y: float
+    steps: int
+    eta: float
+    eta_b: float
+    seed: int
+    num_samples: int
+
+
+@dataclass
+class Inputs:
+    """What a run restores: the operator, and either clean ``images`` to degrade (``y = H x`` plus
+    noise drawn in the run) or a photo's ``measurement`` ``y`` [N, M] that holds its own noise."""
+
+    degradation: Degradation
+    names: list[str]
+    sources: list
+    images: torch.Tensor | None = None
+    measurement: torch.Tensor | None = None
+    original: torch.Tensor | None = None  # what PSNR/SSIM are measured against, if anything
+    notes: list[str] = field(default_factory=list)
+    sigma_y_estimated: bool = False
 
 
 def run_config(
@@ -96,6 +147,7 @@ def run_config(
     steps: int | None = None,
     seed: int = 0,
     *,
+    num_samples: int = 1,
     classes=None,
     eta: float | None = None,
     eta_b: float | None = None,
@@ -108,38 +160,82 @@ def run_config(
     save: bool = True,
     download: bool = True,
     progress: bool = True,
+    callback=None,
     registry=None,
 ) -> RunResult | Skipped:
     """Degrade and restore ``images`` with config ``name``; see the module docstring.
 
     ``images``: paths, PIL images or arrays (default: the shipped demo images that suit the
     config). ``task``, ``sigma_y`` (in [0, 1] pixel units), ``steps``, ``eta``, ``eta_b`` and
-    ``classifier_scale`` default to the config's. ``classes`` (Config 3): one ImageNet label
-    (index or name) for all images or one per image; by default the demo images' own classes, or
-    for other images the classifier's best guess, which is printed. ``degradation_params`` go to
-    :func:`make_degradation` (a kernel, a mask, a seed). Outputs go to a new folder under
-    ``out_dir`` (default ``exp/image_samples``) unless ``save`` is False.
+    ``classifier_scale`` default to the config's. ``num_samples``: restorations per image (their
+    mean and spread are in the result). ``classes`` (Config 3): one ImageNet label (index or name)
+    for all images or one per image; by default the demo images' own classes, or for other images
+    the classifier's best guess, which is printed. ``degradation_params`` go to
+    :func:`make_degradation` (a kernel, a mask, a seed). ``callback`` gets the sampler's dict after
+    every step (see :func:`sample_measurements`). Outputs go to a new folder under ``out_dir``
+    (default ``exp/image_samples``) unless ``save`` is False.
     """
     config = load_config(name)
-    plan = config.ddrm
-    task = task or plan.task
-    sigma_y = float(plan.sigma_y if sigma_y is None else sigma_y)
-    steps = int(plan.steps if steps is None else steps)
-    eta = float(plan.eta if eta is None else eta)
-    eta_b = float(plan.eta_b if eta_b is None else eta_b)
-    if sigma_y < 0:
-        raise ValueError(f"sigma_y is a noise level in [0, 1] pixel units; got {sigma_y}")
-
+    settings = resolve_settings(config, task, sigma_y, steps, eta, eta_b, seed, num_samples)
     size = int(config.data.image_size)
     sources = list(default_images(config)) if images is None else _as_list(images)
     if not sources:
         raise ValueError("no images given")
     x = load_images(sources, size)  # bad input fails here, before any download
-    names = [_safe_name(describe(s), i) for i, s in enumerate(sources)]
-    degradation = make_degradation(task, size, channels=x.shape[1], **(degradation_params or {}))
+    inputs = Inputs(
+        degradation=make_degradation(settings.task, size, channels=x.shape[1], **(degradation_params or {})),
+        names=image_names(sources), sources=sources, images=x, original=x,
+    )
+    return restore_inputs(config, settings, inputs, classes=classes, classifier_scale=classifier_scale,
+                          batch_size=batch_size, cache_dir=cache_dir, device=device, out_dir=out_dir, save=save,
+                          download=download, progress=progress, callback=callback, registry=registry)
+
+
+def resolve_settings(config: Config, task, sigma_y, steps, eta, eta_b, seed, num_samples) -> Settings:
+    """The run's settings: what is given, else the config's; a bad value raises ``ValueError``."""
+    plan = config.ddrm
+    settings = Settings(
+        task=task or plan.task,
+        sigma_y=float(plan.sigma_y if sigma_y is None else sigma_y),
+        steps=int(plan.steps if steps is None else steps),
+        eta=float(plan.eta if eta is None else eta),
+        eta_b=float(plan.eta_b if eta_b is None else eta_b),
+        seed=int(seed),
+        num_samples=num_samples,
+    )
+    if settings.sigma_y < 0:
+        raise ValueError(f"sigma_y is a noise level in [0, 1] pixel units; got {settings.sigma_y}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples is how many restorations to draw per image, 1 or more; got {num_samples!r}")
+    return settings
+
+
+def restore_inputs(
+    config: Config,
+    settings: Settings,
+    inputs: Inputs,
+    *,
+    classes=None,
+    classifier_scale: float | None = None,
+    batch_size: int | None = None,
+    cache_dir=None,
+    device=None,
+    out_dir=None,
+    save: bool = True,
+    download: bool = True,
+    progress: bool = True,
+    callback=None,
+    registry=None,
+) -> RunResult | Skipped:
+    """The part of a run that needs the network: checkpoints, measurement, sampling, result, files.
+
+    Shared by :func:`run_config` (clean images, degraded here) and
+    :func:`~ddrm_helpers.restore.restore_photo` (a photo's measurement); the keyword arguments are
+    theirs.
+    """
     if classes is not None:
         if "classifier" in config.checkpoints:
-            classes = resolve_classes(classes, len(sources))
+            classes = resolve_classes(classes, len(inputs.sources))
         else:
             print(f"{config.display} is not class-conditional: the classes given are not used.", flush=True)
             classes = None
@@ -154,45 +250,85 @@ def run_config(
     device = torch.device(device) if device is not None else _default_device()
     started = time.perf_counter()
     networks = load_pretrained(config, cache_dir=cache_dir, device=device, registry=registry)
-    degradation = degradation.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    sigma_0 = sigma_0_from_sigma_y(sigma_y)  # the one conversion to the model's [-1, 1] range
+    degradation = inputs.degradation.to(device)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    sigma_0 = sigma_0_from_sigma_y(settings.sigma_y)  # the one conversion to the model's [-1, 1] range
 
-    x = x.to(device)
-    y = degradation.H(x) + sigma_0 * torch.randn(
-        x.shape[0], degradation.measurement_dim, generator=generator, device=device, dtype=x.dtype)
+    # The measurement noise is the generator's first draw, then come the sampler's. A photo holds its
+    # own noise, so for it the draw is made and not used: a seed then gives the sampler the same
+    # noise whether the measurement was simulated here or handed in (tests/test_restore.py).
+    photo = inputs.measurement is not None
+    count = (inputs.measurement if photo else inputs.images).shape[0]
+    noise = sigma_0 * torch.randn(count, degradation.measurement_dim, generator=generator, device=device,
+                                  dtype=degradation.singulars().dtype)
+    y = inputs.measurement.to(device) if photo else degradation.H(inputs.images.to(device)) + noise
     baseline = natural_inverse(degradation, y)
     if networks.classifier is not None and classes is None:
-        classes = _default_classes(sources, networks.classifier, baseline, names)
+        classes = _default_classes(inputs.sources, networks.classifier, baseline, inputs.names)
 
     scale = 1.0
     if networks.classifier is not None:
         scale = float(config.classifier.classifier_scale if classifier_scale is None else classifier_scale)
-    batch = batch_size or int(config.sampling.batch_size)
-    restored = []
-    for start in range(0, x.shape[0], batch):
-        part = slice(start, start + batch)
-        restored.append(ddrm_sample(
-            networks.model, y[part], degradation, sigma_0, steps=steps, eta=eta, eta_b=eta_b,
-            classifier=networks.classifier,
-            classes=None if classes is None else torch.tensor(classes[part], device=device),
-            classifier_scale=scale,
-            generator=generator, progress=progress,
-        ))
-    restored = torch.cat(restored).clamp(-1, 1)
+    samples = sample_measurements(
+        networks, y, degradation, sigma_0, settings, classes=classes, classifier_scale=scale, generator=generator,
+        batch_size=batch_size or int(config.sampling.batch_size), callback=callback, progress=progress,
+    )
     seconds = time.perf_counter() - started
 
+    several = settings.num_samples > 1
     result = RunResult(
-        config=config.name, display=config.display, task=task, sigma_y=sigma_y, steps=steps, eta=eta,
-        eta_b=eta_b, seed=seed, names=names, original=x.cpu(), degraded=degradation.degraded_image(y).cpu(),
-        baseline=baseline.cpu(), restored=restored.cpu(), metrics=[], classes=classes, device=str(device),
-        seconds=seconds,
+        config=config.name, display=config.display, task=settings.task, sigma_y=settings.sigma_y,
+        steps=settings.steps, eta=settings.eta, eta_b=settings.eta_b, seed=settings.seed, names=inputs.names,
+        original=None if inputs.original is None else inputs.original.cpu(),
+        degraded=degradation.degraded_image(y).cpu(), baseline=baseline.cpu(), restored=samples[:, 0].cpu(),
+        metrics=[], classes=classes, device=str(device), seconds=seconds, num_samples=settings.num_samples,
+        samples=samples.cpu(), mean=samples.mean(dim=1).cpu() if several else None,
+        spread=sample_spread(samples).cpu() if several else None, from_photo=photo,
+        sigma_y_estimated=inputs.sigma_y_estimated, notes=list(inputs.notes),
     )
     result.metrics = _metrics(result)
     if save:
         _save(result, Path(out_dir) if out_dir is not None else exp_dir() / "image_samples")
     print(result, flush=True)
     return result
+
+
+def sample_measurements(networks, y: torch.Tensor, degradation, sigma_0: float, settings: Settings, *, classes,
+                        classifier_scale: float, generator, batch_size: int, callback=None,
+                        progress: bool = True) -> torch.Tensor:
+    """``settings.num_samples`` DDRM restorations of each measurement in ``y`` [N, M], clipped to
+    [-1, 1], as ``[N, K, C, H, W]``.
+
+    Each measurement is repeated K times, and the N*K rows (image-major: row ``n*K + k``) go to
+    :func:`ddrm_sample` in batches of ``batch_size``, one after the other, all drawing from
+    ``generator``. ``callback`` gets the sampler's dict plus ``batch_start``, the row of the
+    batch's first image, so that a callback can follow one row (:func:`~ddrm_helpers.progress.collect_frames`).
+    """
+    k = settings.num_samples
+    rows = y.repeat_interleave(k, dim=0)
+    row_classes = None if classes is None else torch.tensor(classes, device=y.device).repeat_interleave(k)
+    restored = []
+    for start in range(0, rows.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        restored.append(ddrm_sample(
+            networks.model, rows[part], degradation, sigma_0, steps=settings.steps, eta=settings.eta,
+            eta_b=settings.eta_b, classifier=networks.classifier,
+            classes=None if row_classes is None else row_classes[part], classifier_scale=classifier_scale,
+            generator=generator, progress=progress,
+            callback=None if callback is None else functools.partial(_with_batch_start, callback, start),
+        ))
+    return torch.cat(restored).clamp(-1, 1).reshape(y.shape[0], k, *degradation.image_shape)
+
+
+def sample_spread(samples: torch.Tensor) -> torch.Tensor:
+    """Per pixel, how much ``samples`` [N, K, C, H, W] (K >= 2) disagree: the standard deviation
+    across the K samples (sample std, K - 1 in the denominator), root-mean-square over the
+    channels, in [0, 1] pixel units (half the [-1, 1] value), as ``[N, 1, H, W]``."""
+    return samples.var(dim=1, correction=1).mean(dim=1, keepdim=True).sqrt() / 2
+
+
+def _with_batch_start(callback, start: int, info: dict) -> None:
+    callback({**info, "batch_start": start})
 
 
 def natural_inverse(degradation, y: torch.Tensor) -> torch.Tensor:
@@ -263,12 +399,18 @@ def propose_classes(classifier, images: torch.Tensor, k: int = 3) -> list[list[t
 
 
 def _metrics(result: RunResult) -> list[dict]:
+    if result.original is None:
+        return []
     p_rest, s_rest = psnr(result.restored, result.original), ssim(result.restored, result.original)
     p_base, s_base = psnr(result.baseline, result.original), ssim(result.baseline, result.original)
+    if result.mean is not None:
+        p_mean, s_mean = psnr(result.mean, result.original), ssim(result.mean, result.original)
     rows = []
     for i, name in enumerate(result.names):
         row = {"name": name, "psnr_restored": float(p_rest[i]), "ssim_restored": float(s_rest[i]),
                "psnr_degraded": float(p_base[i]), "ssim_degraded": float(s_base[i])}
+        if result.mean is not None:
+            row["psnr_mean"], row["ssim_mean"] = float(p_mean[i]), float(s_mean[i])
         if result.classes is not None:
             row["class"] = int(result.classes[i])
             row["class_name"] = class_name(int(result.classes[i]))
@@ -277,19 +419,38 @@ def _metrics(result: RunResult) -> list[dict]:
 
 
 def _save(result: RunResult, root: Path) -> None:
-    folder = new_run_dir(root, f"{result.config}_{result.task}")
+    folder = new_run_dir(root, f"{result.config}_{'photo_' if result.from_photo else ''}{result.task}")
+    spread_max = []
     for i, name in enumerate(result.names):
         stem = f"{i:02d}_{name}"
-        for kind, images in (("original", result.original), ("degraded", result.degraded),
-                             ("restored", result.restored)):
+        pictures = [("degraded", result.degraded), ("restored", result.restored)]
+        if result.original is not None:
+            pictures.insert(0, ("reference" if result.from_photo else "original", result.original))
+        if result.from_photo:
+            pictures.insert(-1, ("baseline", result.baseline))
+        for kind, images in pictures:
             result.files.append(save_image(images[i], folder / f"{stem}_{kind}.png"))
+        if result.spread is not None:
+            for k in range(result.num_samples):
+                result.files.append(save_image(result.samples[i, k], folder / f"{stem}_sample{k + 1}.png"))
+            result.files.append(save_image(result.mean[i], folder / f"{stem}_mean.png"))
+            # Saved as grey, white = the largest spread of the image; that value is in metrics.json.
+            top = float(result.spread[i].max())
+            spread_max.append(top)
+            shown = result.spread[i] / top * 2 - 1 if top > 0 else -torch.ones_like(result.spread[i])
+            result.files.append(save_image(shown, folder / f"{stem}_spread.png"))
     summary = {
         "config": result.config, "task": result.task, "sigma_y": result.sigma_y, "steps": result.steps,
         "eta": result.eta, "eta_b": result.eta_b, "seed": result.seed, "device": result.device,
-        "seconds": round(result.seconds, 3), "images": result.metrics,
-        "mean": {key: sum(m[key] for m in result.metrics) / len(result.metrics)
-                 for key in ("psnr_restored", "ssim_restored", "psnr_degraded", "ssim_degraded")},
+        "seconds": round(result.seconds, 3), "num_samples": result.num_samples, "images": result.metrics,
     }
+    if result.metrics:
+        keys = [key for key in result.metrics[0] if key.startswith(("psnr_", "ssim_"))]
+        summary["mean"] = {key: sum(m[key] for m in result.metrics) / len(result.metrics) for key in keys}
+    if result.from_photo:
+        summary.update(photo=True, sigma_y_estimated=result.sigma_y_estimated, notes=result.notes)
+    if spread_max:
+        summary["spread_max"] = spread_max  # per image, [0, 1] pixel units: white in *_spread.png
     metrics_file = folder / "metrics.json"
     metrics_file.write_text(json.dumps(summary, indent=1))
     result.files.append(metrics_file)
@@ -316,6 +477,11 @@ def _as_list(images) -> list:
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return list(images)
     return [images]
+
+
+def image_names(sources) -> list[str]:
+    """Short names for images, safe in file names (``face_eileen_collins``, ``ndarray``)."""
+    return [_safe_name(describe(source), i) for i, source in enumerate(sources)]
 
 
 def _safe_name(name: str, index: int) -> str:

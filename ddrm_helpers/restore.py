@@ -1,0 +1,264 @@
+"""Restore a real photo: the user's degraded photo is the measurement ``y``, and DDRM restores it.
+
+Everywhere else a clean image is degraded and restored again. Here the photo already is the
+degraded image: a small photo is the measurement of super-resolution, a grey one that of
+colorization, a blurred one that of a known blur, a photo with holes (and a mask saying where) that
+of inpainting, a noisy one that of denoising. DDRM restores it whenever the degradation is known
+exactly.
+
+>>> result = restore_photo("celeba_hq", "small_face.png", "sr_bicubic4", num_samples=4)  # 64x64 -> 256x256
+>>> result = restore_photo("imagenet_256", "old.jpg", "color", sigma_y="estimate")
+>>> result = restore_photo("imagenet_256", "scratched.png", "inp_mask", mask="scratches.png")
+>>> show_results(result)
+
+From photo to ``y``: the photo is loaded, made square (``fit``: its centred square, or padded by
+mirroring its edges) and resized to the size the operator measures (``image_size / f`` for
+super-resolution, ``image_size`` otherwise), each step said in a printed line and kept in
+``result.notes``. Then ``y`` is the photo, flattened the way ``degraded_image`` unflattens it
+(super-resolution, blur, denoising; the one grey channel for colorization), or ``H(photo)`` for
+inpainting (the kept pixels): ``degraded_image(y)`` is the photo again (:func:`measurement_from_photo`).
+
+Seeds: a run draws the measurement noise first and then the sampler's, from one generator (see
+:mod:`ddrm_helpers.runner`). A photo holds its own noise, so that draw is made and dropped: the
+same seed then gives exactly the same restoration as :func:`run_config` does when its simulated
+measurement is handed in as the photo (``tests/test_restore.py`` checks it for every task).
+
+Photos as tensors are taken as this package's images are, in [-1, 1], exactly as they are (no
+rounding to 8 bits, no clipping), so that ``run_config(...).degraded[0]`` can be handed in as it
+is. Files, PIL images and NumPy arrays are read as everywhere (8-bit, or floats in [0, 1]; see
+:mod:`ddrm_helpers.images`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import load_config
+from .degradations import Colorization, Degradation, Inpainting, Separable, WalshHadamardCS, load_mask, make_degradation
+from .errors import DegradationError, ImageError
+from .images import load_image, to_pil
+from .noise import estimate_noise
+from .runner import Inputs, RunResult, Skipped, image_names, resolve_settings, restore_inputs
+from .sampler import sigma_0_from_sigma_y
+
+FITS = ("crop", "pad")
+
+
+def restore_photo(
+    config_name: str,
+    photo,
+    task: str,
+    sigma_y: float | str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    *,
+    num_samples: int = 1,
+    mask=None,
+    fit: str = "crop",
+    reference=None,
+    classes=None,
+    eta: float | None = None,
+    eta_b: float | None = None,
+    classifier_scale: float | None = None,
+    degradation_params: dict | None = None,
+    batch_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    out_dir: str | os.PathLike | None = None,
+    save: bool = True,
+    download: bool = True,
+    progress: bool = True,
+    callback=None,
+    registry=None,
+) -> RunResult | Skipped:
+    """Restore ``photo``, degraded by ``task``, with config ``config_name``; see the module docstring.
+
+    ``photo``: a path, PIL image, array, or a tensor in [-1, 1]. ``task``: the degradation the
+    photo went through (``sr4``, ``sr_bicubic4``, ``color``, ``inp_mask``, ``deblur_gauss``,
+    ``deblur`` with ``degradation_params={"kernel": [...]}``, ``deno``, ...). ``sigma_y``: the
+    photo's noise in [0, 1] pixel units, ``"estimate"`` to measure it from the photo
+    (:func:`~ddrm_helpers.noise.estimate_noise`), or None for the config's. ``mask`` (for
+    ``inp_mask``): an image, array or tensor of the photo's size, white / nonzero = keep, black / 0
+    = missing; it is cut and resized with the photo. ``fit``: ``"crop"`` (the centred square) or
+    ``"pad"`` (mirror the edges out to a square) for a photo that is not square. ``reference``: the
+    undamaged image, if there is one, for PSNR/SSIM. ``num_samples``: restorations to draw; the
+    result holds them all, their mean and their per-pixel spread. The other arguments are
+    :func:`~ddrm_helpers.runner.run_config`'s.
+
+    Returns a :class:`RunResult` with ``from_photo=True`` (``degraded`` is the photo as used,
+    ``baseline`` its natural inverse, ``notes`` what was done to make it fit), or ``Skipped`` when
+    a checkpoint is missing. Bad input raises a ``ValueError`` before any download.
+    """
+    config = load_config(config_name)
+    estimate = isinstance(sigma_y, str)
+    if estimate and sigma_y != "estimate":
+        raise ValueError(f"sigma_y is a noise level in [0, 1] pixel units, or 'estimate'; got {sigma_y!r}")
+    settings = resolve_settings(config, task, 0.0 if estimate else sigma_y, steps, eta, eta_b, seed, num_samples)
+    size = int(config.data.image_size)
+    degradation, y, notes = _measure_photo(photo, settings.task, size, mask, fit, degradation_params)
+    if estimate:
+        kept = degradation.mask if isinstance(degradation, Inpainting) else None
+        settings = dataclasses.replace(settings, sigma_y=estimate_noise(degradation.degraded_image(y)[0], kept))
+        notes.append(f"sigma_y {settings.sigma_y:.3g} estimated from the photo (from its finest detail; "
+                     "docs/real-photos.md says how, and when it reads too high).")
+    original = None if reference is None else load_image(reference, size)[None]
+    for note in notes:
+        print(note, flush=True)
+    inputs = Inputs(degradation=degradation, names=image_names([photo]), sources=[photo], measurement=y,
+                    original=original, notes=notes, sigma_y_estimated=estimate)
+    return restore_inputs(config, settings, inputs, classes=classes, classifier_scale=classifier_scale,
+                          batch_size=batch_size, cache_dir=cache_dir, device=device, out_dir=out_dir, save=save,
+                          download=download, progress=progress, callback=callback, registry=registry)
+
+
+def measurement_from_photo(degradation: Degradation, photo: torch.Tensor) -> torch.Tensor:
+    """The measurement ``y`` ``[1, M]`` that ``photo`` shows: ``degradation.degraded_image(y)`` is
+    ``photo`` again (for inpainting: where the mask keeps pixels; for colorization: a colour photo
+    comes back grey, ``H(photo)``, the mean of its channels).
+
+    ``photo``: ``[C, h, w]`` or ``[1, C, h, w]`` in [-1, 1], of the size the operator measures:
+    ``degraded_image``'s (a quarter of the image size for ``sr4``, the image size otherwise).
+    """
+    photo = photo if photo.dim() == 4 else photo[None]
+    if isinstance(degradation, WalshHadamardCS):
+        raise DegradationError(
+            f"{degradation.name}: a compressive-sensing measurement is a list of Walsh-Hadamard coefficients, "
+            "not a picture, so no photo can be it; use run_config to simulate one"
+        )
+    expected = tuple(degradation.measured_shape if isinstance(degradation, Separable) else degradation.image_shape)
+    if tuple(photo.shape) != (1, *expected):
+        raise DegradationError(
+            f"{degradation.name} measures a picture of {'x'.join(map(str, expected))} (channels x height x width); "
+            f"the photo is {'x'.join(map(str, photo.shape[1:]))}"
+        )
+    if isinstance(degradation, Separable):  # the low-resolution or blurred image itself, in NCHW order
+        return photo.reshape(1, -1)
+    if isinstance(degradation, Colorization) and _is_grey(photo[0]):
+        return photo[:, 0].reshape(1, -1)  # exactly the grey values; H would average three equal ones
+    return degradation.H(photo)
+
+
+def degraded_photo(image, task: str, image_size: int, *, sigma_y: float = 0.0, seed: int = 0,
+                   **params) -> Image.Image:
+    """What ``task`` makes of ``image``, as an 8-bit photo: a stand-in for a real degraded photo.
+
+    ``image`` is loaded at ``image_size`` (centred square), degraded by ``make_degradation(task,
+    image_size, **params)``, given noise of std ``sigma_y`` ([0, 1] pixel units, from a CPU
+    generator seeded with ``seed``), and returned as the picture of the measurement, rounded to
+    8 bits and clipped as a saved photo is (a quarter of the size for ``sr4``).
+
+    >>> blurred = degraded_photo("exp/datasets/demo/rocket.jpg", "deblur_gauss", 256)
+    """
+    x = load_image(image, image_size)[None]
+    degradation = make_degradation(task, image_size, **params)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, degradation.measurement_dim, generator=generator)
+    y = degradation.H(x) + sigma_0_from_sigma_y(sigma_y) * noise
+    return to_pil(degradation.degraded_image(y)[0])
+
+
+def _measure_photo(photo, task: str, size: int, mask, fit: str, params: dict | None):
+    """The operator, ``y`` and the notes for ``photo`` (see the module docstring)."""
+    if fit not in FITS:
+        raise ImageError(f"fit={fit!r}: give 'crop' (the centred square) or 'pad' (mirror the edges to a square)")
+    params = dict(params or {})
+    if "mask" in params:
+        raise DegradationError("give the inpainting mask as restore_photo(..., mask=...): it is cut and resized "
+                               "with the photo")
+    image, grey = _load_photo(photo)
+    notes = []
+    if task == "inp_mask":
+        if mask is None:
+            raise DegradationError("inp_mask needs mask=...: an image or array of the photo's size, white (nonzero) "
+                                   "where the photo is to be kept, black (0) where it is missing")
+        _, height, width = image.shape
+        kept = load_mask(mask, tuple(image.shape), f"inp_mask on a {width}x{height} photo (width x height)")
+        image, kept, fitted = _fit(image, size, fit, task, size, kept)
+        degradation = make_degradation(task, size, mask=kept, **params)
+        if fitted:
+            fitted.append("The mask was cut and resized with the photo.")
+    else:
+        if mask is not None:
+            raise DegradationError(f"mask= is for task='inp_mask'; {task} does not use a mask")
+        degradation = make_degradation(task, size, **params)
+        side = degradation.measured_shape[1] if isinstance(degradation, Separable) else size
+        image, _, fitted = _fit(image, side, fit, task, size)
+    notes.extend(fitted)
+    if isinstance(degradation, Colorization) and not grey:
+        notes.append("The photo is in colour: made grey (the mean of its channels, what colorization measures) "
+                     "to be coloured again.")
+    elif grey and not isinstance(degradation, Colorization):
+        notes.append("The photo is grey: used as three equal channels (R = G = B), so the model sees a grey "
+                     "picture; task='color' colours a grey photo.")
+    return degradation, measurement_from_photo(degradation, image), notes
+
+
+def _load_photo(photo) -> tuple[torch.Tensor, bool]:
+    """The photo as ``[3, h, w]`` in [-1, 1], and whether it is grey (its channels equal)."""
+    if isinstance(photo, torch.Tensor):
+        image = photo.detach().to("cpu", torch.float32)
+        if image.dim() == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.dim() == 2:
+            image = image[None]
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ImageError(
+                f"a photo tensor is [C, H, W] or [1, C, H, W] with 1 or 3 channels, in [-1, 1]; "
+                f"got shape {list(photo.shape)}"
+            )
+        if not torch.isfinite(image).all():
+            raise ImageError("the photo tensor holds NaN or infinite values")
+        image = image.expand(3, -1, -1).clone()
+    else:
+        image = load_image(photo)  # grey files come back as three equal channels
+    return image, _is_grey(image)
+
+
+def _is_grey(image: torch.Tensor) -> bool:
+    return bool((image == image[:1]).all())
+
+
+def _fit(image: torch.Tensor, side: int, fit: str, task: str, size: int, mask: torch.Tensor | None = None):
+    """``image`` (and ``mask``) made square by ``fit``, then resized to ``side``; and the notes."""
+    notes = []
+    _, height, width = image.shape
+    if height != width:
+        image = _square(image, fit)
+        if mask is not None:
+            mask = _square(mask, fit)
+        square = image.shape[-1]
+        notes.append(
+            f"The photo is {width}x{height} (width x height), not square: cut to its centred {square}x{square} "
+            "square (fit='crop'; fit='pad' keeps all of it)." if fit == "crop" else
+            f"The photo is {width}x{height} (width x height), not square: padded to {square}x{square} by "
+            "mirroring its edges (fit='pad')."
+        )
+    if image.shape[-1] != side:
+        resized = f"Resized from {image.shape[-1]}x{image.shape[-1]} to {side}x{side}"
+        notes.append(f"{resized}: {task} makes the model's {size}x{size} out of {side}x{side}." if side != size
+                     else f"{resized}, the model's size.")
+        image = F.interpolate(image[None], size=(side, side), mode="bicubic", antialias=True,
+                              align_corners=False)[0].clamp(-1, 1)
+        if mask is not None:  # nearest, so that the mask stays white and black
+            mask = F.interpolate(mask[None].float(), size=(side, side), mode="nearest-exact")[0] >= 0.5
+    return image, mask, notes
+
+
+def _square(image: torch.Tensor, fit: str) -> torch.Tensor:
+    """The centred square of ``[C, h, w]`` (``crop``), or the image padded to a square by mirroring
+    it about its edges (``pad``; repeatedly, for a strip narrower than the padding)."""
+    _, height, width = image.shape
+    if fit == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return image[:, top : top + side, left : left + side].clone()
+    side = max(height, width)
+    rows, columns = side - height, side - width
+    padding = ((0, 0), (rows // 2, rows - rows // 2), (columns // 2, columns - columns // 2))
+    return torch.from_numpy(np.pad(image.numpy(), padding, mode="symmetric"))
