@@ -3,10 +3,12 @@
 >>> x = load_image("exp/datasets/demo/cat_chelsea.png", 256)   # (3, 256, 256), float32, [-1, 1]
 >>> save_image(x, "out.png")
 
-Accepted: a path, a PIL image, a NumPy array (H, W), (H, W, 3) or (H, W, 4), or a tensor (C, H, W);
-8-bit or 16-bit integers, or floats in [0, 1]. Grey images become three equal channels;
-transparency is laid over white; palette, CMYK and 16-bit files are converted; the EXIF orientation
-of camera photos is applied.
+Accepted: a path, a PIL image, a NumPy array (H, W), (H, W, 3) or (H, W, 4) of 8-bit or 16-bit
+integers or of floats in [0, 1] (the usual conventions of image files and arrays), or a tensor
+(C, H, W) or (1, C, H, W) in [-1, 1] (this package's convention, as in every result it returns;
+taken exactly, with no 8-bit rounding). Grey images become three equal channels; transparency is
+laid over white; palette, CMYK and 16-bit files are converted; the EXIF orientation of camera
+photos is applied.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def load_image(source: ImageSource, size: int | None = None) -> torch.Tensor:
     With ``size``, the largest centred square is cut out and resized to ``size`` x ``size``
     (bicubic, antialiased), as the models want.
     """
+    if isinstance(source, torch.Tensor):
+        return _tensor_image(source, size)
     image = to_rgb_pil(source)
     if size is not None:
         image = center_square(image, size)
@@ -61,10 +65,7 @@ def to_rgb_pil(source: ImageSource) -> Image.Image:
     elif isinstance(source, np.ndarray):
         image = _from_array(source, "array")
     elif isinstance(source, torch.Tensor):
-        tensor = source.detach().cpu()
-        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
-            tensor = tensor.permute(1, 2, 0)
-        image = _from_array(tensor.numpy(), "tensor")
+        image = Image.fromarray(to_uint8(_tensor_image(source, None)))
     else:
         raise ImageError(
             f"cannot use a {type(source).__name__} as an image: give a file path, a PIL image, "
@@ -101,6 +102,31 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     to_pil(x).save(path)
     return path
+
+
+def _tensor_image(tensor: torch.Tensor, size: int | None) -> torch.Tensor:
+    """A tensor image in [-1, 1] as (3, H, W) float32, centre-cropped and resized in float."""
+    x = tensor.detach().to("cpu", torch.float32)
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ImageError(f"an image tensor is (C, H, W) or (1, C, H, W) with 1 or 3 channels, in [-1, 1]; "
+                         f"got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(x).all():
+        raise ImageError("the image tensor holds NaN or infinite values")
+    x = x.expand(3, -1, -1).clone()
+    if size is not None:
+        height, width = x.shape[1:]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        square = x[None, :, top:top + side, left:left + side]
+        if side != size:
+            square = torch.nn.functional.interpolate(square, size=(size, size), mode="bicubic",
+                                                     align_corners=False, antialias=side > size)
+        x = square[0].contiguous()
+    return x
 
 
 def _open(path: Path) -> Image.Image:
@@ -141,7 +167,7 @@ def _from_array(array: np.ndarray, what: str) -> Image.Image:
         if array.min() < -1e-3 or array.max() > 1 + 1e-3:
             raise ImageError(
                 f"a float image {what} must hold values in [0, 1]; got [{array.min():.3g}, {array.max():.3g}] "
-                "(a tensor in [-1, 1] from this package: use (x + 1) / 2)"
+                "(an array in [-1, 1]: pass (x + 1) / 2, or pass it as a torch tensor, which is read in [-1, 1])"
             )
         array = (array.clip(0, 1) * 255).round().astype(np.uint8)
     else:

@@ -201,22 +201,7 @@ def _measure_photo(photo, task: str, size: int, mask, fit: str, params: dict | N
 
 def _load_photo(photo) -> tuple[torch.Tensor, bool]:
     """The photo as ``[3, h, w]`` in [-1, 1], and whether it is grey (its channels equal)."""
-    if isinstance(photo, torch.Tensor):
-        image = photo.detach().to("cpu", torch.float32)
-        if image.dim() == 4 and image.shape[0] == 1:
-            image = image[0]
-        if image.dim() == 2:
-            image = image[None]
-        if image.dim() != 3 or image.shape[0] not in (1, 3):
-            raise ImageError(
-                f"a photo tensor is [C, H, W] or [1, C, H, W] with 1 or 3 channels, in [-1, 1]; "
-                f"got shape {list(photo.shape)}"
-            )
-        if not torch.isfinite(image).all():
-            raise ImageError("the photo tensor holds NaN or infinite values")
-        image = image.expand(3, -1, -1).clone()
-    else:
-        image = load_image(photo)  # grey files come back as three equal channels
+    image = load_image(photo)  # tensors exactly as they are; grey files as three equal channels
     return image, _is_grey(image)
 
 

@@ -165,15 +165,16 @@ def run_config(
 ) -> RunResult | Skipped:
     """Degrade and restore ``images`` with config ``name``; see the module docstring.
 
-    ``images``: paths, PIL images or arrays (default: the shipped demo images that suit the
-    config). ``task``, ``sigma_y`` (in [0, 1] pixel units), ``steps``, ``eta``, ``eta_b`` and
-    ``classifier_scale`` default to the config's. ``num_samples``: restorations per image (their
-    mean and spread are in the result). ``classes`` (Config 3): one ImageNet label (index or name)
-    for all images or one per image; by default the demo images' own classes, or for other images
-    the classifier's best guess, which is printed. ``degradation_params`` go to
-    :func:`make_degradation` (a kernel, a mask, a seed). ``callback`` gets the sampler's dict after
-    every step (see :func:`sample_measurements`). Outputs go to a new folder under ``out_dir``
-    (default ``exp/image_samples``) unless ``save`` is False.
+    ``images``: paths, PIL images, arrays, or tensors in [-1, 1] (see :mod:`ddrm_helpers.images`;
+    default: the shipped demo images that suit the config). ``task``, ``sigma_y`` (in [0, 1] pixel
+    units), ``steps``, ``eta``, ``eta_b`` and ``classifier_scale`` default to the config's.
+    ``num_samples``: restorations per image (their mean and spread are in the result).
+    ``classes`` (Config 3): one ImageNet label (index or name) for all images or one per image; by
+    default the demo images' own classes, or for other images the classifier's best guess, which
+    is printed. ``degradation_params`` go to :func:`make_degradation` (a kernel, a mask, a seed).
+    ``callback`` gets the sampler's dict after every step (see :func:`sample_measurements`).
+    Outputs go to a new folder under ``out_dir`` (default ``exp/image_samples``) unless ``save``
+    is False.
     """
     config = load_config(name)
     settings = resolve_settings(config, task, sigma_y, steps, eta, eta_b, seed, num_samples)

@@ -66,7 +66,7 @@ def test_float_and_uint16_arrays_and_tensors():
     x = load_image(grey)
     assert x.shape == (3, 8, 8) and x.min().item() == -1 and x.max().item() == 1
     assert torch.allclose(load_image((grey * 65535).astype(np.uint16)), x, atol=1 / 127.5)
-    assert torch.allclose(load_image(torch.from_numpy(grey)[None]), x)
+    assert torch.allclose(load_image(torch.from_numpy(grey * 2 - 1)[None]), x, atol=1 / 127.5)  # tensors: [-1, 1]
     assert load_images([grey, grey], 4).shape == (2, 3, 4, 4)
 
 
@@ -105,3 +105,19 @@ def test_ssim_matches_scikit_image():
         gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=2)
     assert ours == pytest.approx(theirs, abs=1e-6)
     assert ssim(a, a).item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_tensors_are_taken_exactly_in_the_packages_range():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 20, 30, generator=gen) * 2.4 - 1.2  # a noisy measurement may leave [-1, 1]
+    torch.testing.assert_close(load_image(x), x, rtol=0, atol=0)
+    torch.testing.assert_close(load_image(x[None]), x, rtol=0, atol=0)
+    grey = load_image(x[:1])
+    assert torch.equal(grey[0], x[0]) and torch.equal(grey[2], x[0])
+    cropped = load_image(x, 20)
+    torch.testing.assert_close(cropped, x[:, :, 5:25], rtol=0, atol=0)  # the centred square, no resize
+    assert load_image(x, 10).shape == (3, 10, 10)
+    with pytest.raises(ImageError, match="1 or 3 channels"):
+        load_image(torch.zeros(4, 8, 8))
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        load_image(torch.full((3, 4, 4), float("nan")))
