@@ -23,6 +23,7 @@ import base64
 import contextlib
 import email.utils
 import hashlib
+import json
 import os
 import queue
 import re
@@ -36,12 +37,26 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
-from filelock import FileLock, Timeout
 
 from .errors import ChecksumError, DownloadError
 from .paths import CHECKPOINT_DIR_ENV
-from .registry import CheckpointSpec, get_spec, is_allowed_url
-from .verify import CORRUPT, check_manifest, hash_file, verify_file, write_record
+from .registry import CheckpointSpec, is_allowed_url
+from .safefs import (
+    PathBlockedError,
+    StoreLock,
+    blocked_message,
+    create_new,
+    is_disk_full,
+    is_read_only,
+    open_own,
+    open_read,
+    read_small,
+    require_plain,
+    set_aside,
+    what_is,
+    write_new_atomically,
+)
+from .verify import BLOCKED, CORRUPT, UNREADABLE, check_manifest, hash_file, verify_file, write_record
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -60,6 +75,8 @@ class RetryPolicy:
 
     ``max_failures`` counts consecutive attempts that brought no new bytes; an attempt that
     brings bytes resets it, so a slow but working connection is never abandoned.
+    ``min_rate`` (bytes per second) over ``rate_window`` seconds is the floor below which a
+    connection that still trickles is cut and counted as a failure, like a stall.
     ``sleep`` is injectable so that tests record waits instead of waiting.
     """
 
@@ -69,6 +86,8 @@ class RetryPolicy:
     max_retry_after: float = 600.0
     connect_timeout: float = 20.0
     read_timeout: float = 60.0
+    min_rate: float = 10_000.0
+    rate_window: float = 60.0
     sleep: Callable[[float], None] = time.sleep
 
     def delay(self, failures: int) -> float:
@@ -79,7 +98,7 @@ def fetch_checkpoint(
     key: str | CheckpointSpec,
     cache_dir: str | os.PathLike | None = None,
     *,
-    registry: dict[str, CheckpointSpec] | None = None,
+    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
     progress: bool = True,
     quiet: bool = False,
     retry: RetryPolicy | None = None,
@@ -88,42 +107,73 @@ def fetch_checkpoint(
 ) -> Path:
     """Return the path of the verified checkpoint ``key``, downloading it if needed.
 
-    ``cache_dir`` (else ``$DDRM_CHECKPOINT_DIR``, else ``exp/logs``) is the checkpoint root;
-    the file goes to ``<root>/<subdir>/<file>`` as listed in ``configs/checkpoints.yml``.
-    ``progress`` shows a tqdm bar; ``quiet`` silences the one-line reports. ``lock_timeout``
-    bounds the wait for another process downloading the same file (None: wait).
+    A convenience for ``CheckpointStore(cache_dir, registry).fetch(key, ...)`` (see
+    :class:`~ddrm_helpers.store.CheckpointStore`): ``cache_dir`` (else ``$DDRM_CHECKPOINT_DIR``,
+    else ``exp/logs``) is the checkpoint root; the file goes to ``<root>/<subdir>/<file>`` as listed
+    in ``configs/checkpoints.yml``. ``progress`` shows a tqdm bar; ``quiet`` silences the one-line
+    reports. ``lock_timeout`` bounds the wait for another process downloading the same file
+    (None: wait).
 
     Raises :class:`DownloadError` (an ``OSError``) naming every source tried and what it
     answered, and what the user can do; :class:`ChecksumError` when the sources served bytes
     that are not the pinned file.
     """
-    spec = key if isinstance(key, CheckpointSpec) else get_spec(key, registry)
-    path = spec.path(cache_dir)
-    say = _Reporter(spec.file, quiet)
+    from .store import CheckpointStore
 
-    current = verify_file(spec, path)
-    if current.ok:
-        say(f"cached at {path} ({_digest_note(spec, current.sha256)})")
-        return path
+    return CheckpointStore(cache_dir, registry).fetch(
+        key, progress=progress, quiet=quiet, retry=retry, session=session, lock_timeout=lock_timeout)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+
+def download_file(spec: CheckpointSpec, path: Path, say: Callable[[str], None], *, progress: bool = True,
+                  retry: RetryPolicy | None = None, session: requests.Session | None = None,
+                  lock_timeout: float | None = None) -> Path:
+    """Make ``path`` the verified file of ``spec``: the locked download of one file.
+
+    ``path`` is where the store placed it (inside the root, no link on the way). Holds the lock
+    ``.<file>.lock`` so that two processes never write the same file.
+    """
+    require_plain(path, key=spec.key)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        say(f"another process is downloading this file; waiting for it (lock: {lock.lock_file})")
-        try:
-            lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
-        except Timeout:
-            raise DownloadError(
-                f"{spec.file}: still locked by another process after {lock_timeout:.0f} s "
-                f"({lock.lock_file}). Wait for that download to finish, or stop it and run again.",
-                key=spec.key, path=path,
-            ) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(spec, path, err) from None
+    lock = StoreLock(path.with_name(f".{path.name}.lock"), say)
+    try:
+        held = lock.acquire(timeout=0)
+        if not held:
+            say(f"another process is downloading this file; waiting for it (lock: {lock.path})")
+            held = lock.acquire(timeout=lock_timeout)
+    except PathBlockedError:
+        raise
+    except OSError as err:
+        raise _unwritable(spec, path, err) from None
+    if not held:
+        raise DownloadError(
+            f"{spec.file}: still locked by another process after {lock_timeout:.0f} s "
+            f"({lock.path}). Wait for that download to finish, or stop it and run again.",
+            key=spec.key, path=path,
+        )
     try:
         return _Download(spec, path, say, progress, retry or RetryPolicy(), session).run()
     finally:
         lock.release()
+
+
+def _unwritable(spec: CheckpointSpec, path: Path, err: OSError) -> DownloadError:
+    if is_disk_full(err):
+        return DownloadError(f"Cannot download {spec.file}: the disk holding {path.parent} is full. Free some "
+                             f"space, or set {CHECKPOINT_DIR_ENV} to a folder on another disk.",
+                             key=spec.key, path=path)
+    if is_read_only(err):
+        return DownloadError(
+            f"Cannot download {spec.file}: {path.parent} cannot be written ({err.strerror or err}); the "
+            "checkpoints already there are used as they are. To download this one, set "
+            f"{CHECKPOINT_DIR_ENV} to a folder you can write (for example ~/ddrm-checkpoints, or a Google "
+            "Drive folder in Colab), or pass cache_dir=... (--dir on the command line).",
+            key=spec.key, path=path,
+        )
+    return DownloadError(f"Cannot download {spec.file} into {path.parent}: {err.strerror or err}",
+                         key=spec.key, path=path)
 
 
 class _Reporter:
@@ -170,11 +220,18 @@ class _SourceFailed(Exception):
 
 
 class _Retry(Exception):
-    """This attempt failed in a way that may succeed on another try."""
+    """This attempt failed in a way that may succeed on another try.
 
-    def __init__(self, outcome: str, retry_after: float | None = None):
+    ``slow``: bytes did arrive, but below the rate floor; that counts as no progress.
+    """
+
+    def __init__(self, outcome: str, retry_after: float | None = None, slow: bool = False):
         super().__init__(outcome)
-        self.outcome, self.retry_after = outcome, retry_after
+        self.outcome, self.retry_after, self.slow = outcome, retry_after, slow
+
+
+class _DiskFull(Exception):
+    """Writing ``.part`` failed for want of space: no retry can help."""
 
 
 class _StreamHash:
@@ -247,12 +304,18 @@ class _Download:
         self.spec, self.path, self.say, self.progress, self.retry = spec, path, say, progress, retry
         self.session = session or _new_session()
         self.part = path.with_name(path.name + ".part")
+        # Beside a .part the store created: its inode, so that a file put there by anyone else is
+        # never resumed (nor deleted).
+        self.part_record = path.with_name(f".{path.name}.part.json")
+        self.part_inode: tuple[int, int] | None = None
         self.attempts: list[_Attempt] = []
         self.hash: _StreamHash | None = None
 
     def run(self) -> Path:
         try:
             return self._run()
+        except _DiskFull as full:
+            raise self._disk_full_error(full.__cause__ or full) from None
         except KeyboardInterrupt:
             if self._part_size():
                 self.say(f"interrupted; the partial download ({self._part_size():,} bytes) is kept at "
@@ -263,12 +326,18 @@ class _Download:
                 self.hash.close()
 
     def _run(self) -> Path:
-        current = verify_file(self.spec, self.path)  # another process may have finished meanwhile
+        current = verify_file(self.spec, self.path, say=self.say)  # another process may have finished meanwhile
         if current.ok:
-            self.say(f"cached at {self.path} ({_digest_note(self.spec, current.sha256)})")
             return self.path
+        if current.state == BLOCKED:
+            raise PathBlockedError(current.detail, key=self.spec.key, path=self.path)
+        if current.state == UNREADABLE:
+            raise DownloadError(f"{self.path} {current.detail}: check its permissions, or move it away and run "
+                                "again.", key=self.spec.key, path=self.path)
         if current.state == CORRUPT:
-            self._set_aside_bad_file(current.detail)
+            moved = set_aside(self.path)
+            self.say(f"the file at {self.path} is not the right one ({current.detail}); moved it to {moved.name}")
+        self._adopt_part()
         self._check_disk_space()
         for source in self.spec.urls:
             attempt = _Attempt(source.url)
@@ -281,8 +350,10 @@ class _Download:
                 self.say(f"{source.url}: {failure.outcome}{note}; trying the next source"
                          if source is not self.spec.urls[-1] else f"{source.url}: {failure.outcome}{note}")
                 continue
+            require_plain(self.path, key=self.spec.key)
             os.replace(self.part, self.path)
-            write_record(self.path, sha256, pinned=self.spec.pinned, source=source.url)
+            self._forget_part()
+            write_record(self.path, sha256, pinned=self.spec.pinned, source=source.url, say=self.say)
             if self.spec.pinned:
                 self.say(f"verified (sha256 {sha256[:12]}...) -> {self.path}")
             else:
@@ -296,21 +367,62 @@ class _Download:
 
     # -- before downloading -------------------------------------------------------------------
 
-    def _set_aside_bad_file(self, why: str) -> None:
-        """A wrong file under the final name: keep a prefix as a partial, set anything else aside."""
-        size = self.path.stat().st_size
-        smaller = size < (self.spec.size or self.spec.size_min)
-        # Earlier tools wrote partial downloads to the final path; finish such a file instead.
-        if smaller and not _looks_like_markup(_head(self.path)) and self._part_size() < size:
-            os.replace(self.path, self.part)
-            self.say(f"found an incomplete file ({size:,} bytes) at {self.path}; resuming it")
+    def _adopt_part(self) -> None:
+        """Keep a ``.part`` this store created (to resume it); move anything else there aside."""
+        what = what_is(self.part)
+        if what is not None:
+            raise PathBlockedError(blocked_message(self.part, what, "a partial download"),
+                                   key=self.spec.key, path=self.part)
+        if not os.path.lexists(self.part):
+            self._forget_part()
             return
-        bad = self.path.with_name(self.path.name + ".invalid")
-        os.replace(self.path, bad)
-        self.say(f"the file at {self.path} is not the right one ({why}); moved it to {bad}")
+        record = _read_json(self.part_record)
+        st = os.lstat(self.part)
+        mine = (isinstance(record, dict) and record.get("inode") == [st.st_dev, st.st_ino]
+                and record.get("for") == self._identity())
+        if mine:
+            self.part_inode = (st.st_dev, st.st_ino)
+            return
+        moved = set_aside(self.part)
+        self._forget_part()
+        self.say(f"{self.part.name} was not left by this downloader (or by a download of another file): "
+                 f"moved it to {moved.name}; starting afresh")
+
+    def _identity(self) -> str:
+        return f"{self.spec.key} {self.spec.sha256 or ''} {self.spec.expected_size_text()}"
+
+    def _open_part(self, have: int):
+        """``.part`` for writing from byte ``have``: a new file of ours, or the one we made before."""
+        if self.part_inode is None or not os.path.lexists(self.part):
+            self._forget_part()
+            out = create_new(self.part)
+            st = os.fstat(out.fileno())
+            self.part_inode = (st.st_dev, st.st_ino)
+            write_new_atomically(self.part_record, json.dumps(
+                {"for": self._identity(), "inode": list(self.part_inode)}).encode())
+        else:
+            out = open_own(self.part, self.part_inode)
+        out.seek(have)
+        out.truncate()
+        return out
+
+    def _drop_part(self) -> None:
+        """Delete our own ``.part`` (never anyone else's)."""
+        if self.part_inode is not None:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(self.part)
+                if (st.st_dev, st.st_ino) == self.part_inode:
+                    os.unlink(self.part)
+        self._forget_part()
+
+    def _forget_part(self) -> None:
+        self.part_inode = None
+        if what_is(self.part_record) is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.part_record)
 
     def _check_disk_space(self) -> None:
-        have = self.part.stat().st_size if self.part.exists() else 0
+        have = self._part_size()
         need = max(self.spec.max_size - have, 0) + DISK_MARGIN
         free = shutil.disk_usage(self.path.parent).free
         if free < need:
@@ -337,10 +449,11 @@ class _Download:
                 digests = self._one_request(url)
             except _Retry as retry:
                 have = self._part_size()
-                if have > best:
+                if have > best and not retry.slow:
                     best, failures = have, 0
                 else:
                     failures += 1
+                best = max(best, have)
                 if failures >= self.retry.max_failures:
                     raise _SourceFailed(self._with_progress(retry.outcome, have)) from None
                 wait = retry.retry_after if retry.retry_after is not None else self.retry.delay(failures)
@@ -355,7 +468,7 @@ class _Download:
             try:
                 return self._verify_part(digests)
             except _SourceFailed as failure:
-                self.part.unlink(missing_ok=True)
+                self._drop_part()
                 if failure.checksum and started_with and not restarted:
                     # The bytes of an older partial may be at fault, not this source: once, start over.
                     restarted, started_with, best, failures = True, 0, 0, 0
@@ -367,7 +480,7 @@ class _Download:
         """One GET, resumed from ``.part``; returns what is known about the whole file's digests."""
         have = self._part_size()
         if have > self.spec.max_size:
-            self.part.unlink()
+            self._drop_part()
             have = 0
         headers = {"Accept-Encoding": "identity"}
         if have:
@@ -393,8 +506,9 @@ class _Download:
         (``X-Linked-Etag``), so the hops are kept in ``response.history`` for `_check_response`.
         """
         history: list[requests.Response] = []
+        first_scheme = urlsplit(url).scheme
         for _ in range(10):
-            if not is_allowed_url(url):
+            if not is_allowed_url(url) or (first_scheme == "https" and urlsplit(url).scheme != "https"):
                 raise _SourceFailed(f"refused {url}: checkpoints are fetched over https only")
             try:
                 response = self.session.get(
@@ -426,7 +540,7 @@ class _Download:
         if status == 416 and have:
             if self.spec.size_ok(have):
                 return {"length": 0, "sha256": None, "md5": None}
-            self.part.unlink()
+            self._drop_part()
             raise _Retry("HTTP 416 Range Not Satisfiable (partial file discarded)")
         if status not in (200, 206):
             raise _SourceFailed(_http_error(response))
@@ -468,11 +582,16 @@ class _Download:
                                 "(a different file)", checksum=True)
 
     def _stream(self, response: requests.Response, have: int, total: int | None) -> None:
-        """Append the body to ``.part`` (from ``have``); a cut stream raises `_Retry`."""
+        """Append the body to ``.part`` (from ``have``); a cut or too slow stream raises `_Retry`.
+
+        Never more bytes than the file may have reach the disk, whatever the server announced: a
+        body that goes on past the registry's size fails this source.
+        """
         from tqdm.auto import tqdm
 
+        limit = self.spec.max_size
         bar = tqdm(
-            total=total or self.spec.max_size, initial=have, unit="B", unit_scale=True,
+            total=total or limit, initial=have, unit="B", unit_scale=True,
             unit_divisor=1024, desc=self.spec.file, disable=not self.progress, leave=False,
             mininterval=0.5,
         )
@@ -480,34 +599,69 @@ class _Download:
         first = True
         digest = self._hash_up_to(have)
         flusher = _FlushBehind()
+        floor = _RateFloor(self.retry.min_rate, self.retry.rate_window)
         try:
-            with open(self.part, "r+b" if have else "wb") as out:
-                out.seek(have)
-                out.truncate()
+            out = self._open_part(have)
+        except OSError as err:
+            if is_disk_full(err):
+                raise _DiskFull() from err
+            raise DownloadError(f"cannot write {self.part}: {err.strerror or err}", key=self.spec.key,
+                                path=self.path) from None
+        try:
+            with out:
                 try:
                     for chunk in _body_chunks(response):
                         if first and not have and _looks_like_markup(chunk[:512]):
                             out.close()
-                            self.part.unlink()
+                            self._drop_part()
                             raise _SourceFailed("served a text page instead of the file"
                                                 + _body_hint(response, chunk))
                         first = False
-                        out.write(chunk)
+                        if received + len(chunk) > limit:
+                            out.close()
+                            self._drop_part()
+                            raise _SourceFailed(f"sent more than the {limit:,} bytes of the file (stopped reading "
+                                                "there)")
+                        _write(out, chunk)
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
                         flusher.wrote(out, len(chunk))
+                        slow = floor.check(len(chunk))
+                        if slow:
+                            raise _Retry(slow, slow=True)
                 except STREAM_ERRORS as err:
                     raise _Retry(_network_error(err)) from None
                 finally:
                     flusher.finish()
                     if not out.closed:
-                        out.flush()
-                        os.fsync(out.fileno())
+                        try:
+                            out.flush()
+                            os.fsync(out.fileno())
+                        except OSError as err:
+                            if is_disk_full(err):
+                                raise _DiskFull() from err
+                            raise
         finally:
             bar.close()
         if total is not None and received < total:
             raise _Retry(f"connection closed early at {received:,} of {total:,} bytes")
+
+    def _disk_full_error(self, err: BaseException) -> DownloadError:
+        have = self._part_size()
+        need = max(self.spec.max_size - have, 0)
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = 0
+        return DownloadError(
+            f"The disk is full: writing {self.part} failed ({getattr(err, 'strerror', None) or err}) after "
+            f"{have:,} bytes of {self.spec.file}. It needs {format_size(need)} more and {self.path.parent} has "
+            f"{format_size(free)} free. The partial download is kept: free some space (or set "
+            f"{CHECKPOINT_DIR_ENV} to a folder on a larger disk and move the .part file there) and run again "
+            "to resume it.",
+            key=self.spec.key, path=self.path,
+        )
 
     # -- after downloading ---------------------------------------------------------------------
 
@@ -522,7 +676,7 @@ class _Download:
                 self.hash.close()
             self.hash = _StreamHash(self._algorithms())
             if have:
-                with open(self.part, "rb") as f:
+                with open_read(self.part) as f:
                     while self.hash.fed < have and (chunk := f.read(min(CHUNK * 8, have - self.hash.fed))):
                         self.hash.update(chunk)
         return self.hash
@@ -559,7 +713,7 @@ class _Download:
 
     def _part_size(self) -> int:
         try:
-            return self.part.stat().st_size
+            return os.lstat(self.part).st_size if what_is(self.part) is None else 0
         except FileNotFoundError:
             return 0
 
@@ -575,7 +729,7 @@ class _Download:
         check = (f"size {spec.expected_size_text()}, sha256 {spec.sha256}" if spec.pinned
                  else f"size {spec.expected_size_text()} and its tensor names and shapes")
         hints = []
-        if self.part.exists():
+        if self._part_size():
             hints.append(f"Run the same command again later: the partial download "
                          f"({self._part_size():,} bytes) at {self.part} is resumed.")
         hints += [
@@ -584,8 +738,8 @@ class _Download:
             f"Keep checkpoints in another folder, such as a Google Drive folder in Colab: set "
             f"{CHECKPOINT_DIR_ENV}=<folder> (the file then goes to <folder>/{spec.subdir}/{spec.file}), "
             "or pass cache_dir=... (--dir on the command line).",
-            "In Colab, upload the file with the notebook's upload cell (or google.colab.files.upload()) "
-            "and move it to the path above.",
+            "In Colab, the Files panel on the left uploads a file from your computer; move it to the path "
+            "above (or keep it in a Google Drive folder and set " + CHECKPOINT_DIR_ENV + " to that folder).",
         ]
         complete = [a.got for a in self.attempts if a.got]
         hashes = set(complete)
@@ -603,6 +757,45 @@ class _Download:
 
 
 # -- small helpers ------------------------------------------------------------------------------
+
+
+def _write(out, chunk: bytes) -> None:
+    """Write a chunk to ``.part``; a full disk is not a network fault."""
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[out.write(view):]  # an unbuffered file may take part of a chunk
+    except OSError as err:
+        if is_disk_full(err):
+            raise _DiskFull() from err
+        raise
+
+
+class _RateFloor:
+    """Cuts a connection whose rate stays below ``min_rate`` bytes/s over ``window`` seconds."""
+
+    def __init__(self, min_rate: float, window: float, clock=time.monotonic):
+        self.min_rate, self.window, self.clock = min_rate, window, clock
+        self.start, self.bytes = clock(), 0
+
+    def check(self, n: int) -> str | None:
+        self.bytes += n
+        elapsed = self.clock() - self.start
+        if elapsed < self.window:
+            return None
+        if self.bytes < self.min_rate * elapsed:
+            return (f"too slow: {self.bytes:,} bytes in the last {elapsed:.0f} s, below the floor of "
+                    f"{format_size(self.min_rate)}/s")
+        self.start, self.bytes = self.clock(), 0
+        return None
+
+
+def _read_json(path: Path):
+    data = read_small(path)
+    try:
+        return json.loads(data) if data is not None else None
+    except ValueError:
+        return None
 
 
 def _body_chunks(response: requests.Response):
@@ -625,15 +818,11 @@ def _new_session() -> requests.Session:
     return session
 
 
-def _digest_note(spec: CheckpointSpec, sha256: str | None) -> str:
-    if spec.pinned:
-        return f"verified sha256 {spec.sha256[:12]}..."
-    return f"unpinned, sha256 {sha256[:12] if sha256 else '?'}..., checked by size and tensor manifest"
-
-
 def format_size(n: int) -> str:
-    """Bytes for people: 454.8 MB, 2.21 GB."""
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+    """Bytes for people: 454.8 MB, 2.21 GB, 10 KB."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
 def _head(path: Path, n: int = 512) -> bytes:

@@ -74,57 +74,114 @@ class CheckpointSpec:
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, CheckpointSpec]:
-    """Read and check a registry file (default: :func:`ddrm_helpers.paths.registry_path`)."""
-    path = Path(path) if path is not None else registry_path()
-    stat = path.stat() if path.is_file() else None
-    if stat is None:
-        raise ConfigError(f"No checkpoint registry at {path}")
+    """Read and check a registry file (default: :func:`ddrm_helpers.paths.registry_path`).
+
+    Any mistake in it (not YAML, a field of the wrong type, a size that is not a positive whole
+    number, a name that would leave the checkpoint root) is a :class:`ConfigError` naming the file,
+    the entry and the field.
+    """
+    path = Path(path).expanduser() if path is not None else registry_path()
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise ConfigError(f"No checkpoint registry at {path} ({err.strerror or err})") from None
+    if not path.is_file():
+        raise ConfigError(f"The checkpoint registry {path} is not a file")
     return _load_registry_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=8)
 def _load_registry_cached(path: str, _mtime_ns: int, _size: int) -> dict[str, CheckpointSpec]:
     # Keyed by mtime and size too, so that an edited registry is read again.
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a registry maps keys to checkpoint entries")
+        raise ConfigError(f"{path}: a registry maps keys to checkpoint entries, not a {type(raw).__name__}")
     base = Path(path).parent
-    return {key: _parse_entry(key, entry, path, base) for key, entry in raw.items()}
+    specs = {}
+    targets: dict[tuple[str, str], str] = {}
+    for key, entry in raw.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{path}: checkpoint keys are names, got {key!r}")
+        spec = _parse_entry(key, entry, path, base)
+        other = targets.setdefault((spec.subdir, spec.file), key)
+        if other != key:
+            raise ConfigError(f"{path}: checkpoints '{other}' and '{key}' are both {spec.subdir}/{spec.file}")
+        specs[key] = spec
+    return specs
 
 
-def _parse_entry(key: str, entry: dict, where: str, base: Path) -> CheckpointSpec:
+_KNOWN_FIELDS = ("description", "file", "subdir", "size", "size_min", "size_max", "sha256", "md5", "manifest",
+                 "urls", "sources")
+# Names the store keeps beside a checkpoint; a checkpoint may not be called like one of them.
+_RESERVED_ENDINGS = (".part", ".invalid", ".lock", ".soft", ".tmp", ".json")
+
+
+def _parse_entry(key: str, entry, where: str, base: Path) -> CheckpointSpec:
     def fail(why: str):
         raise ConfigError(f"{where}: checkpoint '{key}': {why}")
 
     if not isinstance(entry, dict):
         fail("an entry is a mapping (file, subdir, size, sha256, urls, ...)")
-    known = {"description", "file", "subdir", "size", "size_min", "size_max", "sha256", "md5",
-             "manifest", "urls", "sources"}
-    unknown = set(entry) - known
+    unknown = sorted(str(k) for k in set(entry) - set(_KNOWN_FIELDS))
     if unknown:
-        fail(f"unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        fail(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN_FIELDS))}")
     for required in ("file", "subdir", "urls"):
-        if not entry.get(required):
+        if entry.get(required) in (None, "", []):
             fail(f"'{required}' is required")
+    for name in ("description", "file", "subdir", "sha256", "md5", "manifest"):
+        if entry.get(name) is not None and not isinstance(entry[name], str):
+            fail(f"'{name}' must be a string, got {type(entry[name]).__name__} {entry[name]!r}")
+    problem = plain_name_problem(entry["file"])
+    if problem:
+        fail(f"'file' must be a plain file name: {entry['file']!r} {problem}")
+    for part in entry["subdir"].split("/"):
+        problem = plain_name_problem(part)
+        if problem:
+            fail(f"'subdir' must be a relative folder under the checkpoint root: {entry['subdir']!r} "
+                 f"(part {part!r} {problem})")
+    for name in ("size", "size_min", "size_max"):
+        value = entry.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            fail(f"'{name}' must be a positive whole number of bytes, got {value!r}")
     has_size = entry.get("size") is not None
     has_range = entry.get("size_min") is not None and entry.get("size_max") is not None
-    if has_size == has_range:
+    if has_size == has_range or (not has_size and (entry.get("size_min") is None) != (entry.get("size_max") is None)):
         fail("give either 'size' or both 'size_min' and 'size_max'")
-    if has_range and not 0 < entry["size_min"] <= entry["size_max"]:
-        fail("size_min must be positive and at most size_max")
+    if has_range and not entry["size_min"] <= entry["size_max"]:
+        fail("size_min must be at most size_max")
     sha = entry.get("sha256")
     if sha is not None and not _is_hex(sha, 64):
         fail(f"sha256 must be 64 hex digits, got {sha!r}")
     md5 = entry.get("md5")
     if md5 is not None and not _is_hex(md5, 32):
         fail(f"md5 must be 32 hex digits, got {md5!r}")
+    if not isinstance(entry["urls"], list):
+        fail(f"'urls' must be a list of URLs, got {type(entry['urls']).__name__} {entry['urls']!r}")
     sources = []
     for item in entry["urls"]:
-        src = Source(item) if isinstance(item, str) else Source(item.get("url", ""), item.get("note", ""))
-        if not is_allowed_url(src.url):
-            fail(f"{src.url!r} is not an https URL (plain http is allowed only on loopback, for tests)")
-        sources.append(src)
+        if isinstance(item, dict):
+            extra = sorted(str(k) for k in set(item) - {"url", "note"})
+            if extra:
+                fail(f"a source has unknown field(s) {', '.join(extra)}; known: url, note")
+            url, note = item.get("url"), item.get("note", "")
+        else:
+            url, note = item, ""
+        if not isinstance(url, str) or not isinstance(note, str):
+            fail(f"a source is a URL string, or a mapping with 'url' and 'note' strings; got {item!r}")
+        if not is_allowed_url(url):
+            fail(f"{url!r} is not an https URL (plain http is allowed only on loopback, for tests)")
+        sources.append(Source(url, note))
+    if entry.get("sources") is not None and not isinstance(entry["sources"], dict):
+        fail("'sources' must be a mapping of field to where its value came from")
     manifest = entry.get("manifest")
     if manifest is not None and not (MANIFESTS_DIR / manifest).is_file():
         manifest = str(base / manifest)  # a registry of its own may keep manifests beside it
@@ -133,7 +190,7 @@ def _parse_entry(key: str, entry: dict, where: str, base: Path) -> CheckpointSpe
         file=entry["file"],
         subdir=entry["subdir"],
         urls=tuple(sources),
-        description=entry.get("description", ""),
+        description=entry.get("description") or "",
         size=entry.get("size"),
         size_min=entry.get("size_min"),
         size_max=entry.get("size_max"),
@@ -142,6 +199,25 @@ def _parse_entry(key: str, entry: dict, where: str, base: Path) -> CheckpointSpe
         manifest=manifest,
         sources=entry.get("sources") or {},
     )
+
+
+def plain_name_problem(name: str) -> str:
+    """'' for a plain file or folder name; else why it is not one (absolute, ``..``, a separator...)."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return "points out of its folder"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if any(ord(c) < 32 for c in name):
+        return "holds a control character"
+    if name.startswith(".") or name.startswith("~"):
+        return "starts with '.' or '~'"
+    if len(name) > 2 and name[1] == ":":
+        return "is a drive path"
+    if name.endswith(_RESERVED_ENDINGS):
+        return f"ends like a file the store keeps beside checkpoints ({', '.join(_RESERVED_ENDINGS)})"
+    return ""
 
 
 def is_allowed_url(url: str) -> bool:

@@ -46,6 +46,7 @@ from .images import load_image, to_pil
 from .noise import estimate_noise
 from .runner import Inputs, RunResult, Skipped, image_names, resolve_settings, restore_inputs
 from .sampler import sigma_0_from_sigma_y
+from .store import CheckpointStore
 
 FITS = ("crop", "pad")
 
@@ -68,11 +69,12 @@ def restore_photo(
     classifier_scale: float | None = None,
     degradation_params: dict | None = None,
     batch_size: int | None = None,
+    store=None,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     out_dir: str | os.PathLike | None = None,
     save: bool = True,
-    download: bool = True,
+    download: bool | None = None,
     progress: bool = True,
     callback=None,
     registry=None,
@@ -113,8 +115,8 @@ def restore_photo(
     inputs = Inputs(degradation=degradation, names=image_names([photo]), sources=[photo], measurement=y,
                     original=original, notes=notes, sigma_y_estimated=estimate)
     return restore_inputs(config, settings, inputs, classes=classes, classifier_scale=classifier_scale,
-                          batch_size=batch_size, cache_dir=cache_dir, device=device, out_dir=out_dir, save=save,
-                          download=download, progress=progress, callback=callback, registry=registry)
+                          batch_size=batch_size, store=CheckpointStore.of(store, cache_dir, registry), device=device,
+                          out_dir=out_dir, save=save, download=download, progress=progress, callback=callback)
 
 
 def measurement_from_photo(degradation: Degradation, photo: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,12 +37,13 @@ from .images import describe, load_images, save_image
 from .metrics import psnr, ssim
 from .paths import DEMO_DIR, exp_dir
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
-from .status import checkpoint_status, ensure_checkpoints
+from .store import CheckpointStore
 
 
 @dataclass
 class Skipped:
-    """A config that could not run, and why."""
+    """A config that could not run, and why: one line, since the checkpoint table (or the download
+    report printed where the download failed) already says the rest."""
 
     config: str
     display: str
@@ -51,12 +53,12 @@ class Skipped:
     skipped: bool = True
 
     def __str__(self) -> str:
-        return f"{self.display}: skipped: {self.reason}. {self.remedy}"
+        return f"{self.display} skipped: {self.reason} — {self.remedy}"
 
     def _repr_html_(self) -> str:
         import html
 
-        return (f"<p><b>{html.escape(self.display)}</b>: skipped: {html.escape(self.reason)}.<br>"
+        return (f"<p><b>{html.escape(self.display)}</b> skipped: {html.escape(self.reason)} — "
                 f"{html.escape(self.remedy)}</p>")
 
 
@@ -97,12 +99,20 @@ class RunResult:
     sigma_y_estimated: bool = False
     notes: list[str] = field(default_factory=list)  # what was done to the input to make it fit
 
+    @property
+    def finite(self) -> bool:
+        """False when the restoration holds NaN or infinity (broken weights, or settings that diverge)."""
+        return bool(torch.isfinite(self.samples if self.samples is not None else self.restored).all())
+
     def __str__(self) -> str:
         estimated = " (estimated)" if self.sigma_y_estimated else ""
         inputs = "1 photo" if self.from_photo else f"{len(self.names)} image(s)"
         samples = f", {self.num_samples} samples each" if self.num_samples > 1 else ""
         lines = [f"{self.display}: {self.task}, sigma_y {self.sigma_y:.3g}{estimated}, {self.steps} steps, "
                  f"{inputs}{samples} in {self.seconds:.1f} s on {self.device}"]
+        if not self.finite:
+            lines[0] += (" — FAILED: the restoration is not finite (NaN or infinity); the weights hold "
+                         "non-finite values or the settings diverge")
         for m in self.metrics:
             lines.append(f"  {m['name']}: restored PSNR {m['psnr_restored']:.2f} dB / SSIM {m['ssim_restored']:.3f}"
                          f"; degraded PSNR {m['psnr_degraded']:.2f} dB / SSIM {m['ssim_degraded']:.3f}")
@@ -154,11 +164,12 @@ def run_config(
     classifier_scale: float | None = None,
     degradation_params: dict | None = None,
     batch_size: int | None = None,
+    store: CheckpointStore | None = None,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     out_dir: str | os.PathLike | None = None,
     save: bool = True,
-    download: bool = True,
+    download: bool | None = None,
     progress: bool = True,
     callback=None,
     registry=None,
@@ -175,6 +186,12 @@ def run_config(
     ``callback`` gets the sampler's dict after every step (see :func:`sample_measurements`).
     Outputs go to a new folder under ``out_dir`` (default ``exp/image_samples``) unless ``save``
     is False.
+
+    Checkpoints come from ``store`` (a :class:`~ddrm_helpers.store.CheckpointStore`; ``cache_dir``
+    and ``registry`` are the older way to say the same). ``download``: None (the default) fetches a
+    missing file unless its download already failed in this process (then the config is skipped in
+    one line, since the failure was reported where it happened); True tries again; False never
+    downloads.
     """
     config = load_config(name)
     settings = resolve_settings(config, task, sigma_y, steps, eta, eta_b, seed, num_samples)
@@ -188,8 +205,8 @@ def run_config(
         names=image_names(sources), sources=sources, images=x, original=x,
     )
     return restore_inputs(config, settings, inputs, classes=classes, classifier_scale=classifier_scale,
-                          batch_size=batch_size, cache_dir=cache_dir, device=device, out_dir=out_dir, save=save,
-                          download=download, progress=progress, callback=callback, registry=registry)
+                          batch_size=batch_size, store=CheckpointStore.of(store, cache_dir, registry), device=device,
+                          out_dir=out_dir, save=save, download=download, progress=progress, callback=callback)
 
 
 def resolve_settings(config: Config, task, sigma_y, steps, eta, eta_b, seed, num_samples) -> Settings:
@@ -219,14 +236,13 @@ def restore_inputs(
     classes=None,
     classifier_scale: float | None = None,
     batch_size: int | None = None,
-    cache_dir=None,
+    store: CheckpointStore | None = None,
     device=None,
     out_dir=None,
     save: bool = True,
-    download: bool = True,
+    download: bool | None = None,
     progress: bool = True,
     callback=None,
-    registry=None,
 ) -> RunResult | Skipped:
     """The part of a run that needs the network: checkpoints, measurement, sampling, result, files.
 
@@ -241,16 +257,16 @@ def restore_inputs(
             print(f"{config.display} is not class-conditional: the classes given are not used.", flush=True)
             classes = None
 
-    ready = _ready(config, cache_dir, registry, download, progress)
-    if isinstance(ready, Skipped):
-        print(ready, flush=True)
-        return ready
+    paths = _checkpoints(config, store or CheckpointStore(), download, progress)
+    if isinstance(paths, Skipped):
+        print(paths, flush=True)
+        return paths
 
     from .models import load_pretrained
 
     device = torch.device(device) if device is not None else _default_device()
     started = time.perf_counter()
-    networks = load_pretrained(config, cache_dir=cache_dir, device=device, registry=registry)
+    networks = load_pretrained(config, device=device, paths=paths)
     degradation = inputs.degradation.to(device)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     sigma_0 = sigma_0_from_sigma_y(settings.sigma_y)  # the one conversion to the model's [-1, 1] range
@@ -357,16 +373,16 @@ def demo_entries() -> list[dict]:
         return yaml.safe_load(f)["images"]
 
 
-def _ready(config: Config, cache_dir, registry, download: bool, progress: bool) -> Skipped | None:
-    names = [config.name]
-    status = (ensure_checkpoints(names, cache_dir, registry=registry, progress=progress, quiet=not progress)
-              if download else checkpoint_status(names, cache_dir, registry=registry))
-    problems = status.problems(config.name)
+def _checkpoints(config: Config, store: CheckpointStore, download: bool | None, progress: bool):
+    """The verified checkpoint paths of ``config``, or the :class:`Skipped` that says in one line why not."""
+    found, problems = store.locate(config, download="auto" if download is None else download, progress=progress,
+                                   quiet=not progress)
     if not problems:
-        return None
-    reason = "; ".join(f"{p.file} is {p.state} ({p.detail})" for p in problems)
-    remedy = (f"Put the file at {problems[0].path}, or run `python -m ddrm_helpers download --config "
-              f"{config.name}` once the download works (docs/downloads.md says what each message means).")
+        return found
+    failed = any(p.state == "failed" for p in problems)
+    reason = "; ".join(p.phrase() for p in problems)
+    where = "the download report above" if failed else "the checkpoint table above"
+    remedy = f"see {where}, or run `python -m ddrm_helpers download --config {config.name}`"
     return Skipped(config.name, config.display, reason, remedy, [p.file for p in problems])
 
 
@@ -452,10 +468,28 @@ def _save(result: RunResult, root: Path) -> None:
         summary.update(photo=True, sigma_y_estimated=result.sigma_y_estimated, notes=result.notes)
     if spread_max:
         summary["spread_max"] = spread_max  # per image, [0, 1] pixel units: white in *_spread.png
+    if not result.finite:
+        summary["failed"] = "the restoration is not finite (NaN or infinity)"
+    summary, replaced = _json_safe(summary)
+    if replaced:
+        summary["notes_on_values"] = f"{replaced} value(s) were NaN or infinite and are written as null"
     metrics_file = folder / "metrics.json"
-    metrics_file.write_text(json.dumps(summary, indent=1))
+    metrics_file.write_text(json.dumps(summary, indent=1, allow_nan=False))
     result.files.append(metrics_file)
     result.out_dir = folder
+
+
+def _json_safe(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN), and how many were."""
+    if isinstance(value, float):
+        return (value, 0) if math.isfinite(value) else (None, 1)
+    if isinstance(value, dict):
+        pairs = [(k, _json_safe(v)) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, sum(n for _, (_, n) in pairs)
+    if isinstance(value, (list, tuple)):
+        pairs = [_json_safe(v) for v in value]
+        return [v for v, _ in pairs], sum(n for _, n in pairs)
+    return value, 0
 
 
 def new_run_dir(root: Path, stem: str) -> Path:

@@ -12,12 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import available_configs, load_config
-from .download import fetch_checkpoint, format_size
+from .download import format_size
 from .errors import DownloadError
-from .paths import CHECKPOINT_DIR_ENV, checkpoint_root
-from .registry import CheckpointSpec, get_spec
-from .verify import MISSING, UNPINNED, VERIFIED, Verification, verify_file
+from .paths import CHECKPOINT_DIR_ENV
+from .registry import CheckpointSpec
+from .verify import MISSING, UNPINNED, VERIFIED, Verification
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class CheckpointRow:
     key: str
     file: str
     path: Path
-    state: str  # verified, unpinned, missing, corrupt
+    state: str  # verified, unpinned, missing, corrupt, blocked, unreadable, error (the registry entry)
     size: int | None  # on disk, or expected when missing
     detail: str
     sha256: str | None = None
@@ -77,7 +76,8 @@ class CheckpointStatus:
     def __str__(self) -> str:
         header = ("config", "checkpoint", "state", "size", "detail")
         table = [header] + [
-            (r.config, f"{r.path.parent.name}/{r.file}", r.state, _size(r.size), r.detail) for r in self.rows
+            (r.config, f"{r.path.parent.name}/{r.file}" if r.state != "error" else r.key, r.state, _size(r.size),
+             r.detail) for r in self.rows
         ]
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         lines = [f"Checkpoints under {self.root} (another folder: set {CHECKPOINT_DIR_ENV}, or --dir)"]
@@ -112,70 +112,54 @@ def checkpoint_status(
     config_names: str | list[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     *,
-    registry: dict[str, CheckpointSpec] | None = None,
+    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
+    store=None,
 ) -> CheckpointStatus:
-    """Per config, each checkpoint: verified, unpinned (verified as far as possible), missing or corrupt.
+    """Per config, each checkpoint: verified, unpinned (verified as far as possible), missing, corrupt,
+    blocked (a link or a folder in the way) or unreadable; reads only, never downloads.
 
-    A file is hashed at most once (a record of a good verification is kept beside it), so calling
-    this again is cheap.
+    A convenience for ``CheckpointStore(cache_dir, registry).status(config_names)`` (or ``store``'s).
+    A file is hashed at most once where a record of a good verification can be kept beside it, so
+    calling this again is cheap.
     """
-    return _status(config_names, cache_dir, registry, fetch=False)
+    from .store import CheckpointStore
+
+    return CheckpointStore.of(store, cache_dir, registry).status(config_names)
 
 
 def ensure_checkpoints(
     config_names: str | list[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     *,
-    registry: dict[str, CheckpointSpec] | None = None,
+    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
+    store=None,
     progress: bool = True,
     quiet: bool = False,
     retry=None,
 ) -> CheckpointStatus:
-    """Fetch every checkpoint the configs need, as far as possible; never raises for a failed download.
+    """Fetch every checkpoint the configs need, as far as possible; never raises for a failed download,
+    a folder in the way or a bad registry.
 
-    Returns the status afterwards: a failed download shows in its row (``detail`` in short,
-    ``error`` in full) and its message is printed, so that "run all" goes on to the next cell.
+    Returns the status afterwards: a problem shows in its row (``detail`` in short, ``error`` in
+    full) and a failed download's message is printed, so that "run all" goes on to the next cell.
     """
-    return _status(config_names, cache_dir, registry, fetch=True,
-                   fetch_options=dict(progress=progress, quiet=quiet, retry=retry))
+    from .store import CheckpointStore
+
+    return CheckpointStore.of(store, cache_dir, registry).ensure(config_names, progress=progress, quiet=quiet,
+                                                                  retry=retry)
 
 
-def _status(config_names, cache_dir, registry, *, fetch: bool, fetch_options=None) -> CheckpointStatus:
-    names = [config_names] if isinstance(config_names, str) else list(config_names or available_configs())
-    configs = [load_config(name) for name in names]
-    rows, seen = [], {}
-    for config in configs:
-        for role, key in config.checkpoints.items():
-            if key not in seen:
-                spec = get_spec(key, registry)
-                seen[key] = _check_one(spec, cache_dir, fetch, fetch_options or {})
-            spec, found, error = seen[key]
-            rows.append(CheckpointRow(
-                config=config.name, display=config.display, role=role, key=key, file=spec.file,
-                path=found.path, state=found.state, size=found.size or spec.max_size,
-                detail=_detail(spec, found, error), sha256=found.sha256, error=str(error) if error else None,
-            ))
-    return CheckpointStatus(rows, checkpoint_root(cache_dir))
-
-
-def _check_one(spec: CheckpointSpec, cache_dir, fetch: bool, options: dict):
-    error = None
-    if fetch:
-        try:
-            fetch_checkpoint(spec, cache_dir, **options)
-        except DownloadError as err:
-            error = err
-            print(err, flush=True)
-    return spec, verify_file(spec, spec.path(cache_dir)), error
-
-
-def _detail(spec: CheckpointSpec, found: Verification, error: DownloadError | None) -> str:
-    if error:
+def describe(spec: CheckpointSpec, found: Verification, error: DownloadError | None) -> str:
+    """The short account of one file for the table."""
+    if error and found.state == MISSING:
         outcomes = list(dict.fromkeys(outcome for _, outcome in error.attempts)) or [str(error).split("\n")[0]]
         return "download failed: " + "; ".join(outcomes) + " (the full message is printed above)"
     if found.state == MISSING:
         part = found.path.with_name(found.path.name + ".part")
-        if part.exists():
+        if part.is_file() and not part.is_symlink():
+            if not found.path.with_name(f".{found.path.name}.part.json").is_file():
+                return ("not downloaded yet; the .part file there was not left by this downloader: `download` "
+                        "moves it aside and starts afresh")
             have = part.stat().st_size
             return f"partial download, {_size(have)} of {_size(spec.max_size)}; `download` resumes it"
         return "not downloaded yet; `download` fetches it"

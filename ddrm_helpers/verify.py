@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointMismatchError
 from .registry import CheckpointSpec, load_manifest
+from .safefs import blocked_message, is_read_only, open_read, read_small, what_is, write_new_atomically
 
 HASH_CHUNK = 8 << 20
 RECORD_VERSION = 1
@@ -26,6 +28,8 @@ VERIFIED = "verified"  # present, size and pinned sha256 match
 UNPINNED = "unpinned"  # present, passed every check there is, but no published hash to compare
 MISSING = "missing"
 CORRUPT = "corrupt"  # present, but not the right file (or not whole)
+BLOCKED = "blocked"  # a link, a folder or another special file stands at the path: left alone
+UNREADABLE = "unreadable"  # present, but this process may not read it (permissions, a broken mount)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Verification:
 def hash_file(path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
     """Hex digests of a file, read once in large chunks."""
     hashers = {name: hashlib.new(name) for name in algorithms}
-    with open(path, "rb") as f:
+    with open_read(Path(path)) as f:
         while chunk := f.read(HASH_CHUNK):
             for h in hashers.values():
                 h.update(chunk)
@@ -56,9 +60,13 @@ def record_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.verified.json")
 
 
-def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = None) -> None:
-    """Remember that ``path``, as it is now on disk, has hash ``sha256`` and passed verification."""
-    st = path.stat()
+def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = None, say=print) -> bool:
+    """Remember that ``path``, as it is now on disk, has hash ``sha256`` and passed verification.
+
+    Best effort: in a folder that cannot be written (a read-only mount, a shared model folder) the
+    file is simply hashed again next time; that is said once per folder. Returns whether it was written.
+    """
+    st = os.lstat(path)
     record = {
         "version": RECORD_VERSION,
         "file": path.name,
@@ -69,15 +77,27 @@ def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = 
         **_stat_key(st),
     }
     target = record_path(path)
-    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, target)
+    try:
+        write_new_atomically(target, json.dumps(record, indent=1).encode())
+        return True
+    except OSError as err:
+        folder = str(path.parent)
+        if folder not in _unrecorded_folders:
+            _unrecorded_folders.add(folder)
+            why = "it is read-only" if is_read_only(err) else (what_is(target) or err.strerror or str(err))
+            say(f"note: cannot keep a verification record in {folder} ({why}); the checkpoints there are "
+                "verified by hashing them each time they are used, which takes longer but is just as safe.")
+        return False
+
+
+_unrecorded_folders: set[str] = set()
 
 
 def read_record(path: Path) -> dict | None:
+    data = read_small(record_path(path))
     try:
-        record = json.loads(record_path(path).read_text())
-    except (OSError, ValueError):
+        record = json.loads(data) if data is not None else None
+    except ValueError:
         return None
     return record if isinstance(record, dict) and record.get("version") == RECORD_VERSION else None
 
@@ -91,22 +111,26 @@ def record_matches(path: Path, record: dict | None) -> bool:
     if not record:
         return False
     try:
-        st = path.stat()
+        st = os.lstat(path)
     except OSError:
         return False
     return all(record.get(k) == v for k, v in _stat_key(st).items())
 
 
-def verify_file(spec: CheckpointSpec, path: Path, *, use_record: bool = True) -> Verification:
-    """Check the file at ``path`` against ``spec``; never raises for a bad file, says why instead."""
+def verify_file(spec: CheckpointSpec, path: Path, *, use_record: bool = True, say=print) -> Verification:
+    """Check the file at ``path`` against ``spec``; never raises for a bad file, says why instead.
+
+    A link, a folder or another special file at ``path`` is ``blocked``: it is not followed.
+    """
+    what = what_is(path)
+    if what is not None:
+        return Verification(BLOCKED, path, detail=blocked_message(path, what))
     try:
-        size = path.stat().st_size
+        size = os.lstat(path).st_size
     except FileNotFoundError:
         return Verification(MISSING, path, detail="not downloaded yet")
     except OSError as err:
-        return Verification(CORRUPT, path, detail=f"cannot be read: {err}")
-    if not path.is_file():
-        return Verification(CORRUPT, path, detail="is not a regular file")
+        return Verification(UNREADABLE, path, detail=f"cannot be read: {err.strerror or err}")
     if not spec.size_ok(size):
         what = "incomplete" if size < (spec.size or spec.size_min) else "too large"
         return Verification(
@@ -121,7 +145,7 @@ def verify_file(spec: CheckpointSpec, path: Path, *, use_record: bool = True) ->
     try:
         sha256 = hash_file(path)["sha256"]
     except OSError as err:
-        return Verification(CORRUPT, path, size, detail=f"cannot be read: {err}")
+        return Verification(UNREADABLE, path, size, detail=f"cannot be read: {err.strerror or err}")
     if spec.pinned:
         if sha256 != spec.sha256:
             return Verification(
@@ -132,7 +156,7 @@ def verify_file(spec: CheckpointSpec, path: Path, *, use_record: bool = True) ->
         problem = check_manifest(spec, path)
         if problem:
             return Verification(CORRUPT, path, size, sha256, detail=problem)
-    write_record(path, sha256, pinned=spec.pinned)
+    write_record(path, sha256, pinned=spec.pinned, say=say)
     return Verification(VERIFIED if spec.pinned else UNPINNED, path, size, sha256, detail=_verified_detail(spec))
 
 
@@ -143,31 +167,55 @@ def _verified_detail(spec: CheckpointSpec) -> str:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """``torch.load(weights_only=True)`` on the CPU, memory-mapped where the file format allows.
+    """``torch.load(weights_only=True)`` on the CPU, memory-mapped where the file system allows.
 
-    Raises :class:`CheckpointMismatchError` for a file that is not a loadable state dict.
+    Raises :class:`CheckpointMismatchError` for a file that is not a loadable state dict, with
+    what it is instead: a file holding code or Python objects (refused by ``weights_only``) is
+    never loaded by this project, whatever it is.
     """
+    import pickle
+
     import torch
 
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            # Files written by torch < 1.6 (the legacy, non-zip format) cannot be memory-mapped.
-            if "zip" not in str(err).lower():
-                raise
+        except (RuntimeError, OSError, ValueError):
+            # Memory-mapping fails on files written by torch < 1.6 (not zip archives) and on some
+            # mounts (network, FUSE): a plain read works there. A file that is really broken fails
+            # again below, with its own message.
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found or "Unsupported global" in text:
+            what = f" (it names {found.group(1)})" if found else ""
+            raise CheckpointMismatchError(
+                f"{path} holds Python objects or code, not only tensors{what}: loading it would mean running "
+                "whatever its author put in it, so this project will not load it. The official checkpoints "
+                "are plain tensors; get the file again from a source in configs/checkpoints.yml."
+            ) from None
+        raise CheckpointMismatchError(
+            f"{path} cannot be loaded as a checkpoint: its bytes are not a PyTorch state dict "
+            "(an error page, another format, or a damaged file)."
+        ) from None
     except Exception as err:
         raise CheckpointMismatchError(
-            f"{path} cannot be loaded as a checkpoint ({type(err).__name__}: {_first_line(err)}). "
-            "It is probably incomplete or not a checkpoint at all (an error page, another format); "
-            "delete it and download it again."
+            f"{path} cannot be loaded as a checkpoint ({type(err).__name__}: {_first_line(err)})."
         ) from err
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise CheckpointMismatchError(
             f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of tensor names to tensors)"
         )
     return obj
+
+
+def non_finite(state: dict) -> list[str]:
+    """The names of floating-point tensors holding NaN or infinity."""
+    import torch
+
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def compare_to_manifest(names_shapes: dict[str, tuple[int, ...]], manifest: dict[str, tuple[int, ...]]) -> str:
@@ -199,7 +247,13 @@ def check_manifest(spec: CheckpointSpec, path: Path) -> str:
     if len(shapes) != len(state):
         return "the state dict holds values that are not tensors"
     differences = compare_to_manifest(shapes, load_manifest(spec))
-    return f"not the expected network: {differences}" if differences else ""
+    if differences:
+        return f"not the expected network: {differences}"
+    broken = non_finite(state)
+    if broken:
+        return (f"{len(broken)} tensor(s) hold NaN or infinity ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}): not usable weights")
+    return ""
 
 
 def _first_line(err: BaseException) -> str:

@@ -14,6 +14,9 @@ Faults:
     ("ignore_range",)                     200 with the whole file, whatever the Range
     ("body", data[, headers])             200 with other bytes than the payload
     ("redirect", location[, headers])     302 to location
+    ("endless", framing)                  200 whose body never ends (up to 64 MiB, or until the client
+                                          goes): framing "close" (no Content-Length) or "chunked"
+    ("drip", k, seconds, n)               the right headers, then k bytes every `seconds`, n times, then close
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers = {**route.headers, **(fault[2] if len(fault) > 2 else {})}
             return self._plain(entry, 200, fault[1], headers, route.content_type)
 
+        if kind == "endless":
+            return self._endless(entry, route, fault[1])
         payload = route.payload
         start = 0
         wanted = self.headers.get("Range")
@@ -124,6 +129,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
+        if kind == "drip":
+            return self._drip(entry, body, *fault[1:])
         limit = fault[1] if kind in ("reset", "short", "stall") else len(body)
         self._send(entry, body[:limit], route.rate)
         if kind == "stall":
@@ -150,6 +157,45 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         except OSError:
             pass  # the client went away (killed, or gave up): that is what some tests do
+
+    def _endless(self, entry, route: Route, framing: str):
+        """The payload, then zeros, for ever (bounded here so that a test can never fill the disk)."""
+        entry["status"] = 200
+        self.send_response(200)
+        self.send_header("Content-Type", route.content_type)
+        if framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        block = 64 << 10
+        data = route.payload + bytes(block)
+        try:
+            offset = 0
+            while entry["sent"] < 64 << 20:
+                piece = data[offset:offset + block] if offset < len(route.payload) else bytes(block)
+                offset += len(piece)
+                if framing == "chunked":
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                else:
+                    self.wfile.write(piece)
+                entry["sent"] += len(piece)
+        except OSError:
+            pass  # the client stopped reading: what the test wants
+        self.close_connection = True
+
+    def _drip(self, entry, body: bytes, k: int, seconds: float, n: int):
+        try:
+            for i in range(n):
+                piece = body[i * k:(i + 1) * k]
+                if not piece:
+                    break
+                self.wfile.write(piece)
+                self.wfile.flush()
+                entry["sent"] += len(piece)
+                time.sleep(seconds)
+        except OSError:
+            pass
+        self.close_connection = True
 
     def _plain(self, entry, code, body, headers, content_type):
         entry["status"] = code

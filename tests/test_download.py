@@ -96,14 +96,14 @@ def test_a_verified_file_is_neither_downloaded_nor_hashed_again(server, root, po
     assert hashed == [] and len(server.log) == 1
 
 
-def test_one_line_per_file_cached_downloading_verified(server, root, policy, capsys):
+def test_one_line_per_event_and_nothing_for_a_cached_file(server, root, policy, capsys):
     spec = spec_for(server.add("/m", PAYLOAD))
     fetch_checkpoint(spec, root, retry=policy, progress=False)
     fetch_checkpoint(spec, root, retry=policy, progress=False)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("model.ckpt: downloading 3.0 MB from http://127.0.0.1")
     assert lines[1].startswith(f"model.ckpt: verified (sha256 {SHA256[:12]}")
-    assert lines[2].startswith("model.ckpt: cached at") and len(lines) == 3
+    assert len(lines) == 2  # quiet success: the second call found the file verified and said nothing
 
 
 def test_connection_reset_after_k_bytes_resumes_with_range(server, root, policy, sleeps):
@@ -237,7 +237,7 @@ def test_a_source_that_always_truncates_fails_with_the_byte_count(server, root, 
     assert "truncated at 500,000 of 3,000,000 bytes" in str(info.value)
     assert "gave up after 4 tries in a row without progress" in str(info.value)
     # The partial file stays for a later call, which resumes it.
-    assert files_in(root / "test") == {"model.ckpt.part", ".model.ckpt.lock"}
+    assert files_in(root / "test") == {"model.ckpt.part", ".model.ckpt.part.json", ".model.ckpt.lock"}
     assert "partial download (500,000 bytes)" in str(info.value)
 
 
@@ -323,13 +323,15 @@ def test_a_file_corrupted_after_verification_is_noticed_and_replaced(server, roo
     assert len(server.log) == 2
 
 
-def test_a_partial_file_left_under_the_final_name_is_resumed(server, root, policy):
+def test_a_foreign_partial_file_under_the_final_name_is_set_aside_not_resumed(server, root, policy):
     folder = root / "test"
     folder.mkdir(parents=True)
-    (folder / "model.ckpt").write_bytes(PAYLOAD[:1_000_000])  # what older downloaders left behind
+    (folder / "model.ckpt").write_bytes(PAYLOAD[:1_000_000])  # a prefix, but nothing says this store wrote it
     spec = spec_for(server.add("/m", PAYLOAD))
-    assert_good(fetch(spec, root, policy))
-    assert server.log[0]["range"] == "bytes=1000000-"
+    path = fetch(spec, root, policy)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert server.log[0]["range"] is None  # started afresh
+    assert (folder / "model.ckpt.invalid").read_bytes() == PAYLOAD[:1_000_000]  # kept, never deleted
 
 
 def test_an_error_page_saved_as_the_checkpoint_is_set_aside(server, root, policy):
@@ -343,12 +345,22 @@ def test_an_error_page_saved_as_the_checkpoint_is_set_aside(server, root, policy
     assert (folder / "model.ckpt.invalid").read_bytes() == S3_DENIED
 
 
-def test_a_complete_partial_is_verified_after_a_416(server, root, policy):
-    folder = root / "test"
-    folder.mkdir(parents=True)
-    (folder / "model.ckpt.part").write_bytes(PAYLOAD)  # died between the last byte and the rename
-    assert_good(fetch(spec_for(server.add("/m", PAYLOAD)), root, policy))
-    assert [e["status"] for e in server.log] == [416]
+def test_a_complete_partial_is_verified_after_a_416(server, root, policy, monkeypatch):
+    url = server.add("/m", PAYLOAD)
+    real_replace = os.replace
+
+    def die_before_the_rename(src, dst):
+        if str(src).endswith(".part"):
+            raise KeyboardInterrupt  # the process dies between the last byte and the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr("ddrm_helpers.download.os.replace", die_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(spec_for(url), root, policy)
+    monkeypatch.setattr("ddrm_helpers.download.os.replace", real_replace)
+    assert (root / "test" / "model.ckpt.part").stat().st_size == SIZE
+    assert_good(fetch(spec_for(url), root, policy))
+    assert [e["status"] for e in server.log] == [200, 416]
 
 
 def test_not_enough_disk_space_says_how_much_is_needed(server, root, policy, monkeypatch):
@@ -460,7 +472,7 @@ def test_ctrl_c_leaves_a_resumable_partial_and_nothing_else(server, root, policy
     out, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert "interrupted; the partial download" in out and "is resumed next time" in out
-    assert files_in(root / "test") == {"model.ckpt.part", ".model.ckpt.lock"}
+    assert files_in(root / "test") == {"model.ckpt.part", ".model.ckpt.part.json", ".model.ckpt.lock"}
     kept = part.stat().st_size
     server.routes["/m"].rate = None
     assert_good(fetch(spec_for(url), root, policy))  # the lock was released, the partial resumed

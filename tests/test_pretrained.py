@@ -6,6 +6,7 @@ them and never touches the network (the loopback URLs are never contacted).
 
 from __future__ import annotations
 
+import datetime
 import io
 from pathlib import Path
 
@@ -191,7 +192,10 @@ WRONG_FILES = {
         r"it is not one of the three networks \(566 tensor\(s\) missing .*1 tensor\(s\) unexpected"),
     "truncated file": (
         "imagenet_256", "imagenet_256_uncond", lambda s: saved(s["imagenet_256_uncond"])[:200_000],
-        r"cannot be loaded as a checkpoint.*delete it and download it again"),
+        r"cannot be loaded as a checkpoint \(RuntimeError"),
+    "a pickle that names a Python class": (
+        "celeba_hq", "celeba_hq", lambda s: saved({"weights": s["celeba_hq"], "when": datetime.date(2022, 1, 1)}),
+        r"holds Python objects or code, not only tensors \(it names datetime\.date\).*will not load it"),
     "an error page saved as the file": (
         "celeba_hq", "celeba_hq",
         lambda s: b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>",
@@ -218,3 +222,5 @@ def test_a_wrong_file_gets_a_message_naming_the_mix_up(tmp_path, states, case):
         load_pretrained(tiny_config(config), cache_dir, "cpu", registry)
     assert isinstance(caught.value, ValueError)
     assert f"config {config}" in str(caught.value)
+    # A file that passed its checks is never called corrupt nor to be deleted, and code is never to be trusted
+    assert "delete" not in str(caught.value) and "weights_only=False" not in str(caught.value)

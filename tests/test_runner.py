@@ -42,10 +42,13 @@ def test_a_missing_checkpoint_gives_skipped_never_an_exception(server, tmp_path,
     result = run("celeba_hq")
     assert isinstance(result, Skipped) and result.skipped
     assert result.missing == ["celeba_hq.ckpt"]
-    assert "celeba_hq.ckpt is missing (download failed: HTTP 404 Not Found" in result.reason
-    assert str(tmp_path / "checkpoints" / "celeba" / "celeba_hq.ckpt") in result.remedy
+    assert result.reason == "celeba_hq.ckpt could not be downloaded"
     assert "python -m ddrm_helpers download --config celeba_hq" in result.remedy
-    assert "Config 1: CelebA-HQ (DDPM): skipped: celeba_hq.ckpt is missing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the download's report once (with every source's answer and where to put the file), then one line
+    assert "HTTP 404 Not Found" in out and str(tmp_path / "checkpoints" / "celeba" / "celeba_hq.ckpt") in out
+    assert out.strip().splitlines()[-1] == str(result)
+    assert str(result).startswith("Config 1: CelebA-HQ (DDPM) skipped: celeba_hq.ckpt could not be downloaded")
     assert not isinstance(run("imagenet_256", images=[CAT], steps=1), Skipped)  # the others still run
 
 
@@ -138,7 +141,7 @@ def test_show_results_draws_the_grid_and_a_skip_draws_nothing(tiny, capsys):
     assert titles == ["original", "degraded: sr4, sigma_y 0.05", "restored"]
     assert fig.axes[2].get_xlabel().startswith("PSNR ")
     assert show_results(Skipped("x", "Config X", "no file", "get it")) is None
-    assert "Config X: skipped: no file. get it" in capsys.readouterr().out
+    assert "Config X skipped: no file — get it" in capsys.readouterr().out
 
 
 def test_cli_run_end_to_end_and_its_exit_codes(server, tiny, tmp_path, capsys):
@@ -170,5 +173,6 @@ def test_cli_demo_runs_what_it_can_skips_the_rest_and_exits_0(server, tmp_path, 
     out = capsys.readouterr().out
     assert "Ready to run: celeba_hq." in out
     assert "- Config 1: CelebA-HQ (DDPM): ran sr4 (sigma_y 0.05, 2 steps) on 1 image(s)" in out
-    assert "- Config 2: ImageNet unconditional (OpenAI): skipped: 256x256_diffusion_uncond.pt is missing" in out
+    assert "- Config 2: ImageNet unconditional (OpenAI): skipped: 256x256_diffusion_uncond.pt could not be " \
+           "downloaded" in out
     assert [p.name.startswith("celeba_hq_sr4_") for p in (tmp_path / "exp" / "image_samples").iterdir()] == [True]

@@ -86,10 +86,13 @@ def test_corrupt_and_partial_files_are_told_apart(small):
     path.write_bytes(b"\0" * len(payloads["celeba_hq"]))
     (root / "imagenet").mkdir(parents=True, exist_ok=True)
     (root / "imagenet" / "256x256_diffusion_uncond.pt.part").write_bytes(b"x" * 1000)
-    status = checkpoint_status(["celeba_hq", "imagenet_256"])
-    celeba, uncond = status.rows
+    (root / "imagenet" / "256x256_diffusion.pt.part").write_bytes(b"x" * 2000)
+    (root / "imagenet" / ".256x256_diffusion.pt.part.json").write_text("{}")
+    status = checkpoint_status(["celeba_hq", "imagenet_256", "imagenet_256_cc"])
+    celeba, uncond, cond, _ = status.rows
     assert celeba.state == "corrupt" and celeba.detail.startswith("sha256 mismatch: expected")
-    assert uncond.state == "missing" and uncond.detail.startswith("partial download, 0.0 MB of 0.2 MB")
+    assert uncond.state == "missing" and "was not left by this downloader" in uncond.detail
+    assert cond.state == "missing" and cond.detail.startswith("partial download, 2 KB of 200 KB")
 
 
 def test_cli_status_exit_codes(small, capsys):

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from ..config import Config, load_config
-from ..download import fetch_checkpoint
 from ..errors import CheckpointMismatchError, ConfigError
-from ..registry import CheckpointSpec, load_registry
+from ..registry import CheckpointSpec
 from ..verify import compare_to_manifest, load_state_dict
 from .build import build_classifier, build_model
 
@@ -71,13 +70,18 @@ def load_pretrained(
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
+    *,
+    store=None,
+    paths: dict[str, str | os.PathLike] | None = None,
 ) -> Pretrained:
     """The networks of ``config`` with their official weights, ready for sampling.
 
-    ``config`` is a :class:`~ddrm_helpers.config.Config` or a config name. ``cache_dir`` is the
-    checkpoint root (see :func:`~ddrm_helpers.paths.checkpoint_root`); missing files are
-    downloaded. ``device`` defaults to CUDA when available, else the CPU. ``registry`` (a
-    registry or the path of a registry file) replaces ``configs/checkpoints.yml``.
+    ``config`` is a :class:`~ddrm_helpers.config.Config` or a config name. ``paths`` maps each role
+    of the config's checkpoints (``model``, ``classifier``) to a file that the caller's
+    :class:`~ddrm_helpers.store.CheckpointStore` has verified (``store.paths(config)``); without
+    it, the files are asked of ``store`` (default: a store of ``cache_dir``, the checkpoint root,
+    and ``registry``, a registry or the path of a registry file), which downloads what is missing.
+    ``device`` defaults to CUDA when available, else the CPU.
 
     On CUDA, a network whose config asks for it (``model.use_fp16``,
     ``classifier.classifier_use_fp16``) runs its torso in float16, as it was trained; norms,
@@ -93,8 +97,6 @@ def load_pretrained(
     """
     if not isinstance(config, Config):
         config = load_config(config)
-    if registry is not None and not isinstance(registry, dict):
-        registry = load_registry(registry)
     device = torch.device(device) if device is not None else _default_device()
     roles = dict(config.checkpoints)
     unknown = set(roles) - set(_BUILDERS)
@@ -103,7 +105,14 @@ def load_pretrained(
             f"config {config.get('name')}: 'checkpoints' must name a 'model' checkpoint (and may name a "
             f"'classifier'); got {', '.join(sorted(roles)) or 'none'}"
         )
-    paths = {role: fetch_checkpoint(key, cache_dir, registry=registry) for role, key in roles.items()}
+    if paths is None:
+        from ..store import CheckpointStore
+
+        paths = CheckpointStore.of(store, cache_dir, registry).paths(config)
+    missing = set(roles) - set(paths)
+    if missing:
+        raise ConfigError(f"config {config.get('name')}: no file given for {', '.join(sorted(missing))}")
+    paths = {role: Path(paths[role]) for role in roles}
     dtypes = {role: _torso_dtype(config, role, device) for role in roles}
     cache_key = (
         json.dumps(config.to_dict(), sort_keys=True, default=repr),
@@ -155,8 +164,7 @@ def _load_network(
     if problem:
         raise CheckpointMismatchError(
             f"{where}: {problem} Check the registry entry '{key}' (a registry of your own, "
-            "DDRM_REGISTRY, that points at another file is the usual cause), or delete the file and "
-            "download it again."
+            "DDRM_REGISTRY, that points at another file is the usual cause)."
         )
     # `assign` keeps the (memory-mapped) tensors of the file instead of copying them into the
     # meta network's storage, which does not exist
