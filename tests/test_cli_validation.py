@@ -380,3 +380,16 @@ def test_the_configs_own_classifier_scale_is_checked_too(guarded, tmp_path, monk
     with pytest.raises(ArgumentError, match="classifier_scale is the classifier guidance scale.*; got -2.0$"):
         run_config("imagenet_256_cc", steps=2)
     untouched(guarded, tmp_path)
+
+
+def test_device_checks_on_a_machine_with_one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert validate.check_device("cuda", "--device") == torch.device("cuda")
+    assert validate.check_device("cuda:0", "--device") == torch.device("cuda", 0)
+    with pytest.raises(ArgumentError, match=r"^--device cuda:1: PyTorch sees 1 CUDA GPU\(s\), cuda:0 to cuda:0$"):
+        validate.check_device("cuda:1", "--device")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ArgumentError, match=r"^--device mps: no Apple GPU \(MPS\) is available to PyTorch .*; "
+                                            "use --device cpu or omit --device$"):
+        validate.check_device("mps", "--device")
