@@ -8,6 +8,8 @@ Modules, one idea each:
 - ``errors``       the exceptions
 - ``download``     ``fetch_checkpoint``: verified, resumable, retried downloads from mirrors
 - ``verify``       is a file the right one (size, sha256, tensor manifest), and the record of it
+- ``store``        ``CheckpointStore``: the checkpoint root and registry in one object, and its rules
+- ``safefs``       the store's file-system rules: no link followed, nothing foreign written or deleted
 - ``status``       ``checkpoint_status`` / ``ensure_checkpoints``: which configs can run
 - ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
 - ``schedule``     the diffusion's noise schedule and DDRM's timestep sequence
@@ -22,38 +24,44 @@ Modules, one idea each:
 - ``display``      ``show_results`` / ``show_grid``: the inline figures
 - ``progress``     the restoration as it happens: ``collect_frames``, ``show_progress``, ``animate_progress``
 - ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
+- ``validate``     the checks of every argument, made before anything is downloaded or loaded
 - ``cli``          ``python -m ddrm_helpers ...``
+
+The public names below are imported on first use (PEP 562), so that ``import ddrm_helpers`` and
+``python -m ddrm_helpers --help`` do not import PyTorch; ``from ddrm_helpers import run_config``
+works as ever.
 """
 
-from .config import Config, available_configs, load_config
-from .degradations import Degradation, available_degradations, box_mask, make_degradation, text_mask
-from .display import show_grid, show_results
-from .download import RetryPolicy, fetch_checkpoint
-from .errors import (
-    CheckpointMismatchError,
-    ChecksumError,
-    ClassLabelError,
-    ConfigError,
-    DegradationError,
-    DownloadError,
-    ImageError,
-    ModelInputError,
-    SamplingError,
-)
-from .models import build_classifier, build_model, load_pretrained
-from .noise import estimate_noise
-from .progress import animate_progress, collect_frames, show_progress
-from .registry import CheckpointSpec, load_registry
-from .restore import degraded_photo, restore_photo
-from .runner import RunResult, Skipped, run_config
-from .sampler import ddrm_sample, sigma_0_from_sigma_y
-from .schedule import timestep_sequence
-from .status import CheckpointStatus, checkpoint_status, ensure_checkpoints
+import importlib
+
+# Where each public name lives: imported from there on first access (module __getattr__ below).
+_SOURCES = {
+    "config": ("Config", "available_configs", "load_config"),
+    "degradations": ("Degradation", "available_degradations", "box_mask", "make_degradation", "text_mask"),
+    "display": ("show_grid", "show_results"),
+    "download": ("RetryPolicy", "fetch_checkpoint"),
+    "errors": ("ArgumentError", "CheckpointMismatchError", "ChecksumError", "ClassLabelError", "ConfigError",
+               "DegradationError", "DownloadError", "ImageError", "ModelInputError", "SamplingError"),
+    "models": ("build_classifier", "build_model", "load_pretrained"),
+    "noise": ("estimate_noise",),
+    "progress": ("animate_progress", "collect_frames", "show_progress"),
+    "registry": ("CheckpointSpec", "load_registry"),
+    "restore": ("degraded_photo", "restore_photo"),
+    "runner": ("RunResult", "Skipped", "run_config"),
+    "sampler": ("ddrm_sample", "sigma_0_from_sigma_y"),
+    "schedule": ("timestep_sequence",),
+    "status": ("CheckpointStatus", "checkpoint_status", "ensure_checkpoints"),
+    "store": ("CheckpointStore",),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+_SUBMODULES = (*_SOURCES, "classes", "cli", "images", "metrics", "notebook", "paths", "safefs", "validate", "verify")
 
 __all__ = [
+    "ArgumentError",
     "CheckpointMismatchError",
     "CheckpointSpec",
     "CheckpointStatus",
+    "CheckpointStore",
     "ChecksumError",
     "ClassLabelError",
     "Config",
@@ -94,3 +102,19 @@ __all__ = [
     "timestep_sequence",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Import a public name (or a submodule) on first access, and keep it."""
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})

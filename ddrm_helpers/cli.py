@@ -14,13 +14,22 @@
 
 ``demo`` is the notebook's "run all" in a terminal: it fetches what it can, runs every config
 whose checkpoints are there on the demo images with the config's defaults, skips the others with
-the reason, prints a summary, and exits 0. ``status`` exits 0 after showing every config; asked
-about given configs (``--config``) it exits 1 when one of them cannot run. ``download`` exits 1
-when a checkpoint it was asked for is still missing afterwards. ``run`` exits 1 when no config
-could run (each skipped one says why), and 2 on bad input (a file that is not an image, an unknown
-task or class). ``restore`` restores your own degraded photo (docs/real-photos.md); it exits 1
-when the config cannot run and 2 on bad input (a mask of the wrong size, a task no photo can be, a
-kernel for a task that takes none).
+the reason, prints a summary, and exits 0 when at least one config ran, 1 when none could (each
+skipped one says why). ``status`` exits 0 after showing every config; asked about given configs
+(``--config``) it exits 1 when one of them cannot run. ``download`` exits 1 when a checkpoint it was
+asked for is still missing afterwards. ``run`` exits 1 when no config could run (each skipped one
+says why), or when a restoration is not finite (NaN or infinity: its summary line says FAILED);
+so do ``demo`` and ``restore``. ``restore`` restores your own degraded photo (docs/real-photos.md);
+it exits 1 when the config cannot run.
+
+Every command exits 2 on bad input, with one line ``error: ...`` and no traceback, before anything
+is downloaded or loaded: an argument out of range (``--steps`` outside 1 to the diffusion's
+timesteps, ``--sigma-y`` outside [0, 1], a ``--seed`` outside 0 to 2**32 - 1, ``--samples 0``), a ``--device``
+PyTorch cannot use here, an ``--out`` that is a file or cannot be written, a file that is not an
+image, an unknown task or class, a mask of the wrong size, a task no photo can be, a kernel for a
+task that takes none (:mod:`ddrm_helpers.validate`).
+
+Nothing here imports PyTorch before the arguments are parsed, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -113,20 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _status(args) -> int:
-    from .status import checkpoint_status
+def _store(args):
+    """The one checkpoint store of a command (``--dir``, else ``$DDRM_CHECKPOINT_DIR``, else exp/logs)."""
+    from .store import CheckpointStore
 
-    status = checkpoint_status(args.config, args.dir)
+    return CheckpointStore(args.dir)
+
+
+def _ran_well(result) -> bool:
+    """A result that ran and is finite; a NaN restoration has already said FAILED in its summary line."""
+    return not result.skipped and result.finite
+
+
+def _status(args) -> int:
+    status = _store(args).status(args.config)
     print(status)
     return 0 if not args.config or status.all_ready else 1
 
 
 def _download(args) -> int:
-    from .status import ensure_checkpoints
-
     if args.all and args.config:
         raise ConfigError("give --config NAME ... or --all, not both")
-    status = ensure_checkpoints(args.config, args.dir, progress=not args.quiet, quiet=args.quiet)
+    status = _store(args).ensure(args.config, progress=not args.quiet, quiet=args.quiet)
     print()
     print(status)
     return 0 if status.all_ready else 1
@@ -135,29 +152,30 @@ def _download(args) -> int:
 def _demo(args) -> int:
     from .notebook import run_summary
     from .runner import run_config
-    from .status import ensure_checkpoints
-
-    print(ensure_checkpoints(cache_dir=args.dir), end="\n\n", flush=True)
-    results = [run_config(name, steps=args.steps, cache_dir=args.dir, out_dir=args.out, device=args.device)
+    store = _store(args)
+    print(store.ensure(), end="\n\n", flush=True)
+    results = [run_config(name, steps=args.steps, store=store, out_dir=args.out, device=args.device)
                for name in available_configs()]
     print()
     run_summary(*results)
-    return 0
+    if all(result.skipped for result in results):
+        print("Nothing could run: see the reasons above.", file=sys.stderr)
+        return 1
+    return 0 if all(result.skipped or result.finite for result in results) else 1
 
 
 def _run(args) -> int:
     from .runner import run_config
 
     classes = args.classes[0] if args.classes and len(args.classes) == 1 else args.classes
-    ran = 0
-    for name in args.config:
-        result = run_config(name, images=args.images, task=args.task, sigma_y=args.sigma_y, steps=args.steps,
-                            seed=args.seed, classes=classes, out_dir=args.out,
-                            cache_dir=args.dir, device=args.device)
-        ran += not result.skipped
-    if not ran:
+    store = _store(args)
+    results = [run_config(name, images=args.images, task=args.task, sigma_y=args.sigma_y, steps=args.steps,
+                          seed=args.seed, classes=classes, out_dir=args.out, store=store, device=args.device)
+               for name in args.config]
+    if all(result.skipped for result in results):
         print("Nothing could run: see the reasons above.", file=sys.stderr)
-    return 0 if ran else 1
+        return 1
+    return 0 if all(result.skipped or result.finite for result in results) else 1
 
 
 def _restore(args) -> int:
@@ -169,16 +187,69 @@ def _restore(args) -> int:
         steps=args.steps, seed=args.seed, num_samples=args.samples, mask=args.mask, fit=args.fit,
         reference=args.reference, classes=args.classes,
         degradation_params={key: value for key, value in kernels.items() if value is not None},
-        out_dir=args.out, cache_dir=args.dir, device=args.device,
+        out_dir=args.out, store=_store(args), device=args.device,
     )
     if result.skipped:
         print("Nothing could run: see the reason above.", file=sys.stderr)
-    return 1 if result.skipped else 0
+    return 0 if _ran_well(result) else 1
+
+
+def check_arguments(args) -> None:
+    """Refuse bad arguments before anything is downloaded or loaded (``ValueError`` subclasses that
+    name the flag). The library checks them again, under their Python names; here each config of
+    the command is checked with the settings it would run with, so that ``run`` with several
+    configs, and ``demo`` (which downloads first), stop before the first download."""
+    from . import validate
+
+    if getattr(args, "dir", None) is not None:
+        validate.check_folder(args.dir, "--dir")
+    if args.command not in ("demo", "run", "restore"):
+        return
+    from .config import load_config
+    from .runner import resolve_settings
+    from .schedule import betas_from_config
+
+    if args.device is not None:
+        validate.check_device(args.device, "--device")
+    if args.out is not None:
+        validate.check_out_dir(args.out, "--out")
+    seed = getattr(args, "seed", 0)
+    validate.check_seed(seed, "--seed")
+    sigma_y = getattr(args, "sigma_y", None)
+    if sigma_y is not None:
+        validate.check_sigma_y(sigma_y, "--sigma-y")
+    samples = getattr(args, "samples", 1)
+    validate.check_count(samples, "--samples", "how many restorations to draw, 1 or more")
+    task = getattr(args, "task", None)
+    names = available_configs() if args.command == "demo" else args.config
+    for name in [names] if isinstance(names, str) else names:
+        config = load_config(name)
+        if args.steps is not None:
+            validate.check_steps(args.steps, len(betas_from_config(config)), "--steps")
+        resolve_settings(config, task, sigma_y, args.steps, None, None, seed, samples, device=args.device,
+                         out_dir=args.out, save=True)
+        if args.command == "run":
+            _check_run_inputs(args, config)
+
+
+def _check_run_inputs(args, config) -> None:
+    """``run``: the task for this config's image size, and the classes, before its first config runs."""
+    from .classes import resolve_classes
+    from .degradations import make_degradation
+    from .runner import default_images
+
+    if args.task is not None:
+        size = int(config.data.image_size)
+        make_degradation(args.task, size)
+    if args.classes and "classifier" in config.checkpoints:
+        count = len(args.images) if args.images else len(default_images(config))
+        resolve_classes(args.classes[0] if len(args.classes) == 1 else args.classes, count)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, before any heavy import
     try:
+        check_arguments(args)
         return args.handler(args)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

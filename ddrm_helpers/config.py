@@ -97,6 +97,18 @@ def available_configs() -> list[str]:
     return list(CONFIG_NAMES)
 
 
+def learns_sigma(config: Mapping) -> bool:
+    """Whether a config's model predicts a variance as well as the noise, as C more output channels
+    after the C noise channels: ``model.learn_sigma`` (the OpenAI guided-diffusion configs), or a
+    ``model.var_type`` of ``learned`` or ``learned_range`` (the reference DDPM schema).
+
+    >>> learns_sigma(load_config("imagenet_256")), learns_sigma(load_config("celeba_hq"))
+    (True, False)
+    """
+    model = config["model"]
+    return bool(model.get("learn_sigma", False)) or model.get("var_type") in ("learned", "learned_range")
+
+
 def load_config(name_or_path: str | os.PathLike, **overrides: Any) -> Config:
     """Load a config by name (``celeba_hq``, ``imagenet_256``, ``imagenet_256_cc``) or from a path.
 

@@ -713,10 +713,13 @@ def _lookup(name: str, shape):
         if factor < 2:
             raise DegradationError(f"{name}: the factor must be at least 2")
         if family != "cs" and (shape[1] % factor or shape[2] % factor):
+            # The image size is the model's, so the fix is another factor, not another size.
+            height, width = shape[1], shape[2]
+            factors = [f for f in range(2, min(height, width) // 2 + 1) if not height % f and not width % f]
             raise DegradationError(
-                f"{name}: the factor {factor} does not divide the image size {shape[1]}x{shape[2]}; "
-                f"crop or resize the image to a multiple of {factor} (for example "
-                f"{shape[1] // factor * factor or factor}x{shape[2] // factor * factor or factor})"
+                f"{name}: the factor {factor} does not divide the image size {height}x{width}; "
+                + (f"factors that do: {', '.join(f'{family}{f}' for f in factors)}" if factors else
+                   f"no factor of 2 or more divides both {height} and {width}")
             )
         return _FAMILIES[family], {"factor": factor}
     known = list(available_degradations())

@@ -52,3 +52,9 @@ class SamplingError(ValueError):
 
 class ModelInputError(ValueError):
     """A network was called with inputs of the wrong shape, or without a class label it needs."""
+
+
+class ArgumentError(ValueError):
+    """An argument that cannot work here, found before anything is downloaded or loaded: a device
+    PyTorch cannot use on this machine, an output folder that is a file or cannot be written, a
+    seed or a count out of range, ... (see :mod:`ddrm_helpers.validate`)."""

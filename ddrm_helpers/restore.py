@@ -41,7 +41,7 @@ from PIL import Image
 
 from .config import load_config
 from .degradations import Colorization, Degradation, Inpainting, Separable, WalshHadamardCS, load_mask, make_degradation
-from .errors import DegradationError, ImageError
+from .errors import DegradationError, ImageError, SamplingError
 from .images import load_image, to_pil
 from .noise import estimate_noise
 from .runner import Inputs, RunResult, Skipped, image_names, resolve_settings, restore_inputs
@@ -100,8 +100,11 @@ def restore_photo(
     config = load_config(config_name)
     estimate = isinstance(sigma_y, str)
     if estimate and sigma_y != "estimate":
-        raise ValueError(f"sigma_y is a noise level in [0, 1] pixel units, or 'estimate'; got {sigma_y!r}")
-    settings = resolve_settings(config, task, 0.0 if estimate else sigma_y, steps, eta, eta_b, seed, num_samples)
+        raise SamplingError(f"sigma_y is a noise level in [0, 1] pixel units, or 'estimate'; got {sigma_y!r}")
+    settings = resolve_settings(config, task, 0.0 if estimate else sigma_y, steps, eta, eta_b, seed, num_samples,
+                                classifier_scale=classifier_scale, batch_size=batch_size, device=device,
+                                out_dir=out_dir, save=save, degradation_params=degradation_params,
+                                callback=callback)
     size = int(config.data.image_size)
     degradation, y, notes = _measure_photo(photo, settings.task, size, mask, fit, degradation_params)
     if estimate:

@@ -30,13 +30,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from . import validate
 from .classes import class_name, resolve_classes
-from .config import Config, load_config
+from .config import Config, learns_sigma, load_config
 from .degradations import Degradation, make_degradation
+from .errors import DegradationError
 from .images import describe, load_images, save_image
 from .metrics import psnr, ssim
 from .paths import DEMO_DIR, exp_dir
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
+from .schedule import betas_from_config
 from .store import CheckpointStore
 
 
@@ -194,7 +197,10 @@ def run_config(
     downloads.
     """
     config = load_config(name)
-    settings = resolve_settings(config, task, sigma_y, steps, eta, eta_b, seed, num_samples)
+    settings = resolve_settings(config, task, sigma_y, steps, eta, eta_b, seed, num_samples,
+                                classifier_scale=classifier_scale, batch_size=batch_size, device=device,
+                                out_dir=out_dir, save=save, degradation_params=degradation_params,
+                                callback=callback)
     size = int(config.data.image_size)
     sources = list(default_images(config)) if images is None else _as_list(images)
     if not sources:
@@ -209,22 +215,48 @@ def run_config(
                           out_dir=out_dir, save=save, download=download, progress=progress, callback=callback)
 
 
-def resolve_settings(config: Config, task, sigma_y, steps, eta, eta_b, seed, num_samples) -> Settings:
-    """The run's settings: what is given, else the config's; a bad value raises ``ValueError``."""
+def resolve_settings(config: Config, task, sigma_y, steps, eta, eta_b, seed, num_samples, *,
+                     classifier_scale=None, batch_size=None, device=None, out_dir=None, save=False,
+                     degradation_params=None, callback=None) -> Settings:
+    """The run's settings: what is given, else the config's; a bad value raises ``ValueError``.
+
+    Every argument of a run is checked here (:mod:`ddrm_helpers.validate`), before anything is
+    downloaded or loaded: the settings, and ``classifier_scale``, ``batch_size``, ``device``,
+    ``degradation_params``, ``callback``, ``out_dir`` when ``save`` (the default folder when it
+    is None), and the config's diffusion schedule.
+    """
     plan = config.ddrm
+    timesteps = len(betas_from_config(config))  # an unknown schedule is refused here, before anything runs
+    task = plan.task if task is None else task
+    if not isinstance(task, str) or not task:
+        raise DegradationError(f"task is the name of a degradation (sr4, deblur_gauss, ...; docs/ddrm.md); "
+                               f"got {task!r}")
     settings = Settings(
-        task=task or plan.task,
-        sigma_y=float(plan.sigma_y if sigma_y is None else sigma_y),
-        steps=int(plan.steps if steps is None else steps),
-        eta=float(plan.eta if eta is None else eta),
-        eta_b=float(plan.eta_b if eta_b is None else eta_b),
-        seed=int(seed),
-        num_samples=num_samples,
+        task=task,
+        sigma_y=validate.check_sigma_y(plan.sigma_y if sigma_y is None else sigma_y),
+        steps=validate.check_steps(plan.steps if steps is None else steps, timesteps),
+        eta=validate.check_eta(plan.eta if eta is None else eta, "eta"),
+        eta_b=validate.check_eta(plan.eta_b if eta_b is None else eta_b, "eta_b"),
+        seed=validate.check_seed(seed),
+        num_samples=validate.check_count(num_samples, "num_samples",
+                                         "how many restorations to draw per image, 1 or more"),
     )
-    if settings.sigma_y < 0:
-        raise ValueError(f"sigma_y is a noise level in [0, 1] pixel units; got {settings.sigma_y}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples is how many restorations to draw per image, 1 or more; got {num_samples!r}")
+    if classifier_scale is not None or "classifier" in config:
+        validate.check_classifier_scale(config.classifier.classifier_scale if classifier_scale is None
+                                        else classifier_scale)
+    if batch_size is not None:
+        validate.check_count(batch_size, "batch_size", "how many images go through the network at once, 1 or more")
+    validate.check_device(device)
+    if degradation_params is not None and not isinstance(degradation_params, dict):
+        raise DegradationError(f"degradation_params is a dict of make_degradation's parameters (a kernel, a "
+                               f"seed, ...); got {type(degradation_params).__name__}")
+    if callback is not None and not callable(callback):
+        raise validate.ArgumentError(f"callback is a function called after every step; got {callback!r}")
+    if save:
+        if out_dir is None:
+            validate.check_out_dir(exp_dir() / "image_samples", "the default output folder")
+        else:
+            validate.check_out_dir(out_dir)
     return settings
 
 
@@ -289,6 +321,7 @@ def restore_inputs(
     samples = sample_measurements(
         networks, y, degradation, sigma_0, settings, classes=classes, classifier_scale=scale, generator=generator,
         batch_size=batch_size or int(config.sampling.batch_size), callback=callback, progress=progress,
+        betas=betas_from_config(config), learned_sigma=learns_sigma(config),
     )
     seconds = time.perf_counter() - started
 
@@ -312,7 +345,8 @@ def restore_inputs(
 
 def sample_measurements(networks, y: torch.Tensor, degradation, sigma_0: float, settings: Settings, *, classes,
                         classifier_scale: float, generator, batch_size: int, callback=None,
-                        progress: bool = True) -> torch.Tensor:
+                        progress: bool = True, betas: torch.Tensor | None = None,
+                        learned_sigma: bool | None = None) -> torch.Tensor:
     """``settings.num_samples`` DDRM restorations of each measurement in ``y`` [N, M], clipped to
     [-1, 1], as ``[N, K, C, H, W]``.
 
@@ -320,6 +354,8 @@ def sample_measurements(networks, y: torch.Tensor, degradation, sigma_0: float, 
     :func:`ddrm_sample` in batches of ``batch_size``, one after the other, all drawing from
     ``generator``. ``callback`` gets the sampler's dict plus ``batch_start``, the row of the
     batch's first image, so that a callback can follow one row (:func:`~ddrm_helpers.progress.collect_frames`).
+    ``betas`` and ``learned_sigma`` go to :func:`ddrm_sample`; a run passes its config's
+    (:func:`~ddrm_helpers.schedule.betas_from_config`, :func:`~ddrm_helpers.config.learns_sigma`).
     """
     k = settings.num_samples
     rows = y.repeat_interleave(k, dim=0)
@@ -331,7 +367,7 @@ def sample_measurements(networks, y: torch.Tensor, degradation, sigma_0: float, 
             networks.model, rows[part], degradation, sigma_0, steps=settings.steps, eta=settings.eta,
             eta_b=settings.eta_b, classifier=networks.classifier,
             classes=None if row_classes is None else row_classes[part], classifier_scale=classifier_scale,
-            generator=generator, progress=progress,
+            generator=generator, progress=progress, betas=betas, learned_sigma=learned_sigma,
             callback=None if callback is None else functools.partial(_with_batch_start, callback, start),
         ))
     return torch.cat(restored).clamp(-1, 1).reshape(y.shape[0], k, *degradation.image_shape)

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .errors import SamplingError
 from .schedule import alphas_cumprod, linear_betas, timestep_sequence
+from .validate import check_eta, check_sigma_0
 
 
 def sigma_0_from_sigma_y(sigma_y: float) -> float:
@@ -70,6 +71,7 @@ def ddrm_sample(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     betas: torch.Tensor | None = None,
+    learned_sigma: bool | None = None,
 ) -> torch.Tensor:
     """Restore images from ``y = H x + sigma_0 z`` with DDRM; returns ``x_hat`` ``[B, C, H, W]``.
 
@@ -77,7 +79,7 @@ def ddrm_sample(
         model: the noise predictor, ``model(x_t, t)`` or, when ``classes`` is given,
             ``model(x_t, t, classes)``; ``t`` is a ``[B]`` tensor of the integer timestep (in x's
             dtype, as the reference passes it). An output with 2C channels (learned sigma, the
-            OpenAI models) is cut to its first C.
+            OpenAI models) is cut to its first C; see ``learned_sigma``.
         y: the measurement ``[B, M]`` (as ``degradation.H`` returns it, or any shape with M
             entries per batch item), on the device and in the dtype everything runs in.
         degradation: an operator from :func:`make_degradation`, on y's device and dtype.
@@ -94,7 +96,11 @@ def ddrm_sample(
             (sigma_t), ``x_t`` (the model's input), ``x0`` (the prediction of x_0) and ``eps``
             (the noise prediction, guidance included), images ``[B, C, H, W]``.
         progress: a tqdm progress bar.
-        betas: the training noise schedule; the configs' linear 1e-4..0.02 over 1000 by default.
+        betas: the training noise schedule; the configs' linear 1e-4..0.02 over 1000 by default
+            (a run passes its config's, :func:`~ddrm_helpers.schedule.betas_from_config`).
+        learned_sigma: whether the model appends C variance channels to its C noise channels
+            (the config's ``model.learn_sigma``). True: its output must have 2C channels, the
+            first C are used; False: it must have C; None: told from the output's shape.
 
     The output is not clipped (noiseless measurements are reproduced exactly: ``H x_hat = y``).
 
@@ -110,6 +116,8 @@ def ddrm_sample(
     (torch.Size([1, 3, 8, 8]), True)
     """
     _check(y, degradation, sigma_0, eta, eta_b, classifier, classes, generator)
+    if learned_sigma not in (None, True, False):
+        raise SamplingError(f"learned_sigma={learned_sigma!r}: give True, False or None (told from the output)")
     batch = y.shape[0]
     image_shape = (batch, *degradation.image_shape)
     sigma_0 = float(sigma_0)
@@ -147,7 +155,7 @@ def ddrm_sample(
         sigma_t, sigma_next = sigma(t), sigma(t_next)
         x_t = (math.sqrt(abar[t]) * degradation.V(xbar)).reshape(image_shape)
         t_batch = torch.full((batch,), float(t), device=device, dtype=dtype)
-        eps = _predict_noise(model, x_t, t_batch, classes)
+        eps = _predict_noise(model, x_t, t_batch, classes, learned_sigma)
         if classifier is not None:
             grad = _log_prob_gradient(classifier, x_t, t_batch, classes)
             eps = eps - math.sqrt(1 - abar[t]) * classifier_scale * grad
@@ -176,10 +184,23 @@ def ddrm_sample(
     return degradation.V(xbar).reshape(image_shape)
 
 
-def _predict_noise(model, x: torch.Tensor, t: torch.Tensor, classes) -> torch.Tensor:
+def _predict_noise(model, x: torch.Tensor, t: torch.Tensor, classes, learned_sigma: bool | None) -> torch.Tensor:
     out = model(x, t) if classes is None else model(x, t, classes)
     channels = x.shape[1]
-    if out.shape[1] == 2 * channels and out.shape[2:] == x.shape[2:]:
+    doubled = out.dim() == x.dim() and out.shape[1] == 2 * channels and out.shape[2:] == x.shape[2:]
+    if learned_sigma is False and doubled:
+        raise SamplingError(
+            f"the model returned {2 * channels} channels for x_t with {channels}, as a model with learned sigma "
+            f"does (noise and variance), but learned_sigma=False (the config's model.learn_sigma is off); "
+            f"the checkpoint and the config do not match"
+        )
+    if learned_sigma is True and not doubled:
+        raise SamplingError(
+            f"the model returned a tensor of shape {list(out.shape)} for x_t of shape {list(x.shape)}, but "
+            f"learned_sigma=True (the config's model.learn_sigma): it should have {2 * channels} channels, "
+            f"the noise then the variance; the checkpoint and the config do not match"
+        )
+    if doubled:
         out = out[:, :channels]  # learned-sigma models append the variance channels
     if out.shape != x.shape:
         raise SamplingError(
@@ -215,12 +236,9 @@ def _check(y, degradation, sigma_0, eta, eta_b, classifier, classes, generator) 
             f"the degradation is on {s.device} in {s.dtype} but y is on {y.device} in {y.dtype}; "
             "move it with degradation.to(y.device, y.dtype)"
         )
-    sigma_0 = float(sigma_0)
-    if not (math.isfinite(sigma_0) and sigma_0 >= 0):
-        raise SamplingError(f"sigma_0={sigma_0!r} is a noise std: give a number >= 0 (0 for no noise)")
-    for name, value in (("eta", eta), ("eta_b", eta_b)):
-        if not 0 <= value <= 1:
-            raise SamplingError(f"{name}={value!r} must be in [0, 1] (the paper uses eta=0.85, eta_b=1)")
+    check_sigma_0(sigma_0)
+    check_eta(eta, "eta")
+    check_eta(eta_b, "eta_b")
     if classifier is not None and classes is None:
         raise SamplingError("classifier guidance needs classes: a [B] tensor of class indices")
     if classes is not None and (classes.shape != (y.shape[0],) or classes.device != y.device):

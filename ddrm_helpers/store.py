@@ -30,6 +30,7 @@ from .errors import ConfigError, DownloadError
 from .paths import checkpoint_root
 from .registry import CheckpointSpec, get_spec, load_registry, plain_name_problem
 from .safefs import PathBlockedError, blocked_folder, blocked_message
+from .validate import check_folder
 from .verify import BLOCKED, MISSING, UNREADABLE, Verification, verify_file
 
 # (root, key, sha256, urls) -> the error of the last failed download of that file in this process
@@ -74,7 +75,7 @@ class CheckpointStore:
 
     def __init__(self, root: str | os.PathLike | None = None,
                  registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None):
-        self.root = checkpoint_root(root)
+        self.root = check_folder(checkpoint_root(root), "the checkpoint folder")
         self._registry_arg = registry
         self._registry: dict[str, CheckpointSpec] | None = registry if isinstance(registry, dict) else None
 

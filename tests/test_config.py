@@ -1,9 +1,14 @@
+import math
+
 import pytest
+import torch
 import yaml
 
 from ddrm_helpers import ConfigError, available_configs, load_config
+from ddrm_helpers.config import learns_sigma
 from ddrm_helpers.paths import CONFIGS_DIR
 from ddrm_helpers.registry import load_registry
+from ddrm_helpers.schedule import betas_from_config, linear_betas
 
 # The reference DDRM configs' values that the architectures and the sampler depend on.
 REFERENCE = {
@@ -122,3 +127,46 @@ def test_overrides_from_the_environment_apply_by_name(monkeypatch):
     monkeypatch.setenv("DDRM_CONFIG_OVERRIDES", "{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config("celeba_hq")
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_the_schedule_comes_from_the_config(name):
+    assert torch.equal(betas_from_config(load_config(name)), linear_betas())
+    later = betas_from_config(load_config(name, **{"diffusion.beta_end": 0.03}))
+    assert later[-1].item() == pytest.approx(0.03) and later[0].item() == pytest.approx(1e-4)
+    assert (later > linear_betas()).sum() == 999  # every beta but the first is larger
+    shorter = betas_from_config(load_config(name, **{"diffusion.num_diffusion_timesteps": 500}))
+    assert torch.equal(shorter, linear_betas(500))
+
+
+def test_the_other_schedules_of_the_reference_schema():
+    def betas(kind):
+        return betas_from_config(load_config("celeba_hq", **{"diffusion.beta_schedule": kind}))
+
+    quad, const, sigmoid = betas("quad"), betas("const"), betas("sigmoid")
+    assert quad[0].item() == pytest.approx(1e-4) and quad[-1].item() == pytest.approx(0.02)
+    assert quad[500].item() == pytest.approx(((math.sqrt(1e-4) + math.sqrt(0.02)) / 2) ** 2, rel=1e-2)
+    assert torch.equal(const, torch.full((1000,), 0.02, dtype=torch.float64))
+    assert sigmoid[0].item() == pytest.approx(1e-4 + 0.0199 / (1 + math.exp(6)))
+    assert bool((sigmoid.diff() > 0).all()) and bool((quad.diff() > 0).all())
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"diffusion.beta_schedule": "cosine"}, "diffusion.beta_schedule is 'cosine'; the schedules known are linear"),
+        ({"diffusion.beta_start": 0}, r"diffusion.beta_start is 0.0; a beta is a number in \(0, 1\)"),
+        ({"diffusion.beta_end": 1.5}, "diffusion.beta_end is 1.5"),
+        ({"diffusion.beta_end": float("nan")}, "diffusion.beta_end is nan"),
+        ({"diffusion.num_diffusion_timesteps": 0}, "diffusion.num_diffusion_timesteps is 0; give a whole number >= 1"),
+    ],
+)
+def test_a_schedule_that_cannot_be_is_a_config_error(override, message):
+    with pytest.raises(ConfigError, match=f"config celeba_hq: {message}"):
+        betas_from_config(load_config("celeba_hq", **override))
+
+
+def test_learned_sigma_is_read_from_the_config():
+    assert [learns_sigma(load_config(name)) for name in available_configs()] == [False, True, True]
+    assert not learns_sigma(load_config("imagenet_256", **{"model.learn_sigma": False}))
+    assert learns_sigma(load_config("celeba_hq", **{"model.var_type": "learned_range"}))

@@ -367,8 +367,12 @@ def test_construction_is_fast_at_256(one_thread):
 @pytest.mark.parametrize(
     "name, size, params, message",
     [
-        ("sr4", 30, {}, r"factor 4 does not divide the image size 30x30.*28x28"),
-        ("sr_bicubic16", 8, {}, "does not divide"),
+        ("sr4", 30, {}, r"factor 4 does not divide the image size 30x30; factors that do: sr2, sr3, sr5, sr6, "
+                        r"sr10, sr15$"),
+        ("sr5", 256, {}, r"factor 5 does not divide the image size 256x256; factors that do: sr2, sr4, sr8, "
+                         r"sr16, sr32, sr64, sr128$"),
+        ("sr_bicubic16", 8, {}, "does not divide the image size 8x8; factors that do: sr_bicubic2, sr_bicubic4$"),
+        ("sr2", 7, {}, "does not divide the image size 7x7; no factor of 2 or more divides both 7 and 7"),
         ("sr_4", 32, {}, r"Unknown degradation 'sr_4'.*Did you mean 'sr4'.*Known: deno, sr2"),
         ("blur", 32, {}, r"Known: .*deblur_uni"),
         ("sr1", 32, {}, "at least 2"),

@@ -17,6 +17,7 @@ from ddrm_helpers import (
     sampler,
     schedule,
     sigma_0_from_sigma_y,
+    validate,
 )
 from ddrm_helpers.schedule import alphas_cumprod, linear_betas, timestep_sequence
 
@@ -266,6 +267,43 @@ def test_learned_sigma_channels_are_dropped():
     assert torch.equal(run(three), run(six))
 
 
+def test_learned_sigma_when_told_is_checked_against_the_output():
+    op = make_degradation("sr2", 8, dtype=F64)
+    y = op.H(torch.rand(1, 3, 8, 8, dtype=F64))
+    three = GaussianPrior((3, 8, 8))
+
+    def six(x, t):
+        return torch.cat([three(x, t), torch.full_like(x, 123.0)], dim=1)
+
+    def run(model, learned_sigma):
+        generator = torch.Generator().manual_seed(0)
+        return ddrm_sample(model, y, op, 0.1, steps=3, generator=generator, progress=False,
+                           learned_sigma=learned_sigma)
+
+    assert torch.equal(run(six, True), run(three, False)) and torch.equal(run(six, True), run(six, None))
+    with pytest.raises(SamplingError, match="returned 6 channels for x_t with 3.*but learned_sigma=False"):
+        run(six, False)
+    with pytest.raises(SamplingError, match=r"shape \[1, 3, 8, 8\].*but learned_sigma=True.*6 channels"):
+        run(three, True)
+    with pytest.raises(SamplingError, match="learned_sigma='yes'"):
+        run(three, "yes")
+
+
+def test_the_schedule_given_is_the_one_used():
+    """A schedule of 500 steps up to 0.03: the timesteps and noise levels are its own."""
+    op = make_degradation("sr2", 8, dtype=F64)
+    y = op.H(torch.rand(1, 3, 8, 8, dtype=F64))
+    betas = linear_betas(500, 1e-4, 0.03)
+    abar = alphas_cumprod(betas)
+    seen = []
+    ddrm_sample(lambda x, t: torch.zeros_like(x), y, op, 0.1, steps=4, betas=betas, progress=False,
+                callback=lambda info: seen.append((info["t"], info["sigma"])))
+    assert [t for t, _ in seen] == [375, 250, 125, 0]
+    assert [sigma for _, sigma in seen] == pytest.approx([math.sqrt((1 - abar[t]) / abar[t]) for t, _ in seen])
+    with pytest.raises(SamplingError, match="between 1 and 500"):
+        ddrm_sample(lambda x, t: torch.zeros_like(x), y, op, 0.1, steps=501, betas=betas, progress=False)
+
+
 def test_nothing_is_mutated():
     op = make_degradation("deblur_gauss", 8)
     before = copy.deepcopy(dict(op.named_buffers()))
@@ -312,7 +350,10 @@ def test_sigma_y_is_converted_to_the_model_range():
     [
         ({"steps": 0}, "between 1 and 1000"),
         ({"steps": 1001}, "between 1 and 1000"),
-        ({"eta": 1.5}, r"eta=1\.5 must be in \[0, 1\]"),
+        ({"eta": 1.5}, r"eta is a number in \[0, 1\] \(the paper uses eta=0\.85, eta_b=1\); got 1\.5"),
+        ({"eta": math.nan}, r"eta is a number in \[0, 1\].*got nan"),
+        ({"eta_b": 1.01}, r"eta_b is a number in \[0, 1\].*got 1\.01"),
+        ({"sigma_0": math.inf}, "sigma_0 is a noise std.*got inf"),
         ({"sigma_0": -0.1}, ">= 0"),
         ({"classifier": lambda x, t: x.flatten(1)}, "needs classes"),
         ({"classes": torch.zeros(3, dtype=torch.long)}, r"\[1\] tensor"),
@@ -330,6 +371,6 @@ def test_bad_arguments_raise_sampling_errors(change, message):
         ddrm_sample(model, y, op, sigma_0, progress=False, **args)
 
 
-@pytest.mark.parametrize("module", [degradations, sampler, schedule])
+@pytest.mark.parametrize("module", [degradations, sampler, schedule, validate])
 def test_docstring_examples_run(module):
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0

@@ -550,3 +550,18 @@ def test_non_finite_weights_give_a_failed_run_and_valid_json(server, tmp_path, m
     summary = json.loads((result.out_dir / "metrics.json").read_text())  # strict JSON: no bare NaN
     assert summary["images"][0]["psnr_restored"] is None
     assert "written as null" in summary["notes_on_values"] and summary["failed"]
+    from ddrm_helpers import cli
+
+    capsys.readouterr()
+    assert cli.main(["run", "--config", "celeba_hq", "--steps", "2", "--out", str(tmp_path / "runs")]) == 1
+    assert "FAILED: the restoration is not finite" in capsys.readouterr().out
+
+
+def test_a_checkpoint_folder_that_is_a_file_is_refused_before_anything(tmp_path):
+    from ddrm_helpers import run_config
+
+    afile = tmp_path / "not_a_folder"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        run_config("celeba_hq", cache_dir=afile)
+    assert afile.read_text() == "x"
