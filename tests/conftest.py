@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The workplace's shared folder, beside the checkout. A user's clone has nothing beside it: tests
+# read the copies shipped in configs/, and only a test comparing those copies with it may need it.
 SHARED = REPO.parent / "shared"
 
 
