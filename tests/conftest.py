@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# The networks of the tests are tiny: threads buy little, and on cores shared with other jobs the
+# waiting threads of OpenMP make each step many times slower (the notebook's smoke run took 30 s on
+# one thread, 150 s on two threads of a busy 2-core machine). So one thread, here and in the
+# processes the tests start (the notebook's kernel, the CLI), unless OMP_NUM_THREADS says otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parent.parent
+# The workplace's shared folder, beside the checkout. A user's clone has nothing beside it: tests
+# read the copies shipped in configs/, and only a test comparing those copies with it may need it.
 SHARED = REPO.parent / "shared"
 
 

@@ -44,10 +44,11 @@ def seeded_weights_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
-def tiny_inputs(name: str, batch: int = 2, dtype=torch.float64, seed: int = 1):
-    """``(x, t)`` or ``(x, t, y)``: seeded images, timesteps spread over [0, 999], class labels."""
+def tiny_inputs(name: str, batch: int = 2, dtype=torch.float64, seed: int = 1, size: int | None = None):
+    """``(x, t)`` or ``(x, t, y)``: seeded images (``size`` square, by default TINY_INPUT_SIZE's),
+    timesteps spread over [0, 999], class labels."""
     generator = torch.Generator().manual_seed(seed)
-    size = TINY_INPUT_SIZE[name]
+    size = size or TINY_INPUT_SIZE[name]
     x = torch.randn(batch, 3, size, size, generator=generator, dtype=dtype)
     t = torch.tensor([0, 999, 500, 37][:batch])
     if name == "imagenet_256_cc":

@@ -14,11 +14,10 @@ from ddrm_helpers.models import ADMClassifier, ADMUNet, DDPMUNet, build_classifi
 from ddrm_helpers.models.adm_blocks import qkv_attention
 from ddrm_helpers.models.ddpm import AttnBlock
 from ddrm_helpers.models.layers import SinusoidalTimesteps
+from ddrm_helpers.paths import MANIFESTS_DIR
 
-from .conftest import SHARED
 from .model_utils import TINY, seeded_weights_, tiny_config, tiny_inputs
 
-MANIFESTS = SHARED / "manifests"
 OFFICIAL = [
     ("celeba_hq", build_model, "celeba_hq.ckpt", DDPMUNet),
     ("imagenet_256", build_model, "256x256_diffusion_uncond.pt", ADMUNet),
@@ -34,7 +33,7 @@ def build_tiny(name: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("config, builder, file, cls", OFFICIAL, ids=[o[2] for o in OFFICIAL])
 def test_full_size_state_dict_equals_the_official_manifest(config, builder, file, cls):
-    manifest = json.loads((MANIFESTS / f"{file}.json").read_text())
+    manifest = json.loads((MANIFESTS_DIR / f"{file}.json").read_text())
     with torch.device("meta"):
         network = builder(load_config(config))
     assert isinstance(network, cls)

@@ -20,7 +20,7 @@ from .conftest import REPO
 from .faulty_server import FaultyServer
 from .tiny_models import install_tiny_checkpoints
 
-pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.timeout(960)]  # > execute()'s 900 s
 
 NOTEBOOK = REPO / "ddrm_demo.ipynb"
 PHOTO_CELLS = ("photo_sr = ", "photo_color = ", "photo_inpainted = ", "photo_deblurred = ", "photo_denoised = ")

@@ -20,12 +20,10 @@ from ddrm_helpers.registry import load_registry
 
 from .model_utils import seeded_weights_, tiny_inputs
 from .tiny_files import pinned_entry, write_registry
+from .tiny_models import TINY_OVERRIDES
 
-CONFIGS = {
-    "celeba_hq": ("celeba_hq", {"model.ch": 32, "data.image_size": 64}),
-    "imagenet_256": ("imagenet_256", {"model.num_channels": 32}),
-    "imagenet_256_cc": ("imagenet_256_cc", {"model.num_channels": 32, "classifier.classifier_width": 32}),
-}
+# The shallow tiny networks of the wiring tests: loading does not depend on depth.
+CONFIGS = TINY_OVERRIDES
 # registry key -> (config, which network)
 NETWORKS = {
     "celeba_hq": ("celeba_hq", build_model),
@@ -41,8 +39,7 @@ NEEDS = {  # config -> registry keys of its checkpoints
 
 
 def tiny_config(name: str, **more):
-    base, overrides = CONFIGS[name]
-    return load_config(base, **{**overrides, **more})
+    return load_config(name, **{**CONFIGS[name], **more})
 
 
 def saved(obj, **kwargs) -> bytes:
@@ -104,7 +101,7 @@ def test_loads_the_file_weights_frozen_in_eval_mode(tmp_path, states, config):
         assert {t.device.type for t in network.buffers()} | {t.device.type for t in loaded.values()} == {"cpu"}
     with torch.no_grad():
         name = "classifier" if config == "imagenet_256_cc" else config
-        inputs = tiny_inputs(name, batch=1, dtype=torch.float32)
+        inputs = tiny_inputs(name, batch=1, dtype=torch.float32, size=tiny_config(config).data.image_size)
         network = classifier if classifier is not None else model
         assert torch.isfinite(network(*inputs)).all()
 
@@ -187,9 +184,9 @@ WRONG_FILES = {
         "imagenet_256", "imagenet_256_uncond", lambda s: saved(_without_learned_sigma(s["imagenet_256_uncond"])),
         r"but of another size or configuration \(2 tensor\(s\) of another shape \(out\.2\.weight: "
         r"\[3, 32, 3, 3\] instead of \[6, 32, 3, 3\]"),
-    "some other network": (
+    "some other network": (  # all 256 tensors of the tiny unconditional UNet are missing
         "imagenet_256", "imagenet_256_uncond", lambda s: saved({"encoder.weight": torch.ones(4, 4)}),
-        r"it is not one of the three networks \(566 tensor\(s\) missing .*1 tensor\(s\) unexpected"),
+        r"it is not one of the three networks \(256 tensor\(s\) missing .*1 tensor\(s\) unexpected"),
     "truncated file": (
         "imagenet_256", "imagenet_256_uncond", lambda s: saved(s["imagenet_256_uncond"])[:200_000],
         r"cannot be loaded as a checkpoint \(RuntimeError"),
