@@ -84,7 +84,8 @@ def _tight_layout_under_title(fig) -> None:
     top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)
     if top > bottom:
         height = fig.get_figheight() * fig.dpi
-        fig.tight_layout(rect=(0, 0, 1, max(0.5, bottom / height - 0.01)))  # decorations included
+        # The rect holds the axes with their titles; a little over the title's foot, as tight_layout pads.
+        fig.tight_layout(rect=(0, 0, 1, max(0.5, bottom / height + 0.02)))
 
 
 def _fit_texts(fig, axes, cell_inches: float, title: str | None) -> None:

@@ -193,6 +193,7 @@ def test_grid_titles_are_wrapped_to_their_column_and_never_overlap():
     assert axes[0].get_title() == "original"  # what fits is left alone
     [suptitle] = text_boxes(fig, [fig._suptitle])
     assert suptitle.x0 >= 0 and suptitle.x1 <= fig.get_figwidth() * fig.dpi
+    assert all(box.y1 <= suptitle.y0 for box in text_boxes(fig, [ax.title for ax in axes]))  # below the title
 
 
 @pytest.mark.server
