@@ -2,11 +2,17 @@
 
 `show_grid` draws any table of images (columns of batches); `show_results` draws a run's result
 (see :mod:`ddrm_helpers.runner`). In a notebook the figure is shown inline; elsewhere it is
-returned for the caller to save.
+returned for the caller to save. Column titles, notes and row labels are wrapped to the width of
+their column, so that neighbours never overlap.
+
+``show_results(result, label="Section 4 (demo images)")`` also files the result under that label
+for :func:`ddrm_helpers.notebook.run_summary` (see :func:`labelled_results`).
 """
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -61,10 +67,86 @@ def show_grid(
                 ax.set_ylabel(row_labels[i], fontsize=9)
             if notes and name in notes and i < len(notes[name]) and notes[name][i]:
                 ax.set_xlabel(notes[name][i], fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    _fit_texts(fig, axes, cell_inches, title)
+    _tight_layout_under_title(fig)
     return _show_or_return(fig, show)
+
+
+def _tight_layout_under_title(fig) -> None:
+    """``tight_layout``, then again in the space under the figure's title if a column title (two
+    lines, say) reaches up into it."""
+    fig.tight_layout()
+    suptitle = fig._suptitle
+    if suptitle is None or not suptitle.get_text():
+        return
+    renderer = _renderer(fig)
+    bottom = suptitle.get_window_extent(renderer).y0
+    top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)
+    if top > bottom:
+        height = fig.get_figheight() * fig.dpi
+        # The rect holds the axes with their titles; a little over the title's foot, as tight_layout pads.
+        fig.tight_layout(rect=(0, 0, 1, max(0.5, bottom / height + 0.02)))
+
+
+def _fit_texts(fig, axes, cell_inches: float, title: str | None) -> None:
+    """Wrap titles and notes to their column's width, row labels to the row's height, and the
+    figure's title to the figure's width (at word boundaries; a line that is one long word stays),
+    and make the figure taller by the lines that wrapping added."""
+    renderer = _renderer(fig)
+    pitch = cell_inches * fig.dpi * 0.94  # a column's width in pixels, less a small gap
+    added = 0.0  # inches
+    for i, row in enumerate(axes):
+        title_lines = note_lines = 1
+        for ax in row:
+            title_lines = max(title_lines, _wrap_to(ax.title, pitch, renderer, vertical=False))
+            note_lines = max(note_lines, _wrap_to(ax.xaxis.label, pitch, renderer, vertical=False))
+            _wrap_to(ax.yaxis.label, pitch, renderer, vertical=True)
+        added += (note_lines - 1) * _line_inches(8) + (i == 0) * (title_lines - 1) * _line_inches(10)
+    if title:
+        suptitle = fig.suptitle(title, fontsize=11)
+        lines = _wrap_to(suptitle, fig.get_figwidth() * fig.dpi * 0.96, renderer, vertical=False)
+        added += (lines - 1) * _line_inches(11)
+    if added:
+        fig.set_figheight(fig.get_figheight() + added)
+
+
+def _line_inches(fontsize: float) -> float:
+    return fontsize * 1.25 / 72
+
+
+def _renderer(fig):
+    get = getattr(fig.canvas, "get_renderer", None)
+    return get() if get is not None else fig._get_renderer()
+
+
+def _wrap_to(text, limit: float, renderer, *, vertical: bool) -> int:
+    """Wrap ``text`` until it fits in ``limit`` pixels; returns its number of lines."""
+    original = text.get_text()
+    if not original:
+        return 1
+
+    def size() -> float:
+        box = text.get_window_extent(renderer)
+        return box.height if vertical else box.width
+
+    if size() > limit:
+        longest = max(len(line) for line in original.splitlines())
+        for width in range(longest - 1, 5, -1):
+            text.set_text("\n".join(textwrap.fill(line, width, break_long_words=False)
+                                    for line in original.splitlines()))
+            if size() <= limit:
+                break
+    return len(text.get_text().splitlines())
+
+
+# Names that image_names() gives to inputs that are not files: the type of the object.
+_GENERIC_NAME = re.compile(r"^(ndarray|tensor|image|[a-z0-9]*imagefile)$")
+
+
+def row_names(names: Sequence[str]) -> list[str]:
+    """Labels for the rows of a grid: a file's name as it is, and "photo 1", "photo 2", ... (by
+    row) for an array, a tensor or a PIL image that has no file name."""
+    return [f"photo {i + 1}" if _GENERIC_NAME.match(name) else name for i, name in enumerate(names)]
 
 
 def _as_list(column) -> list[torch.Tensor]:
@@ -93,26 +175,45 @@ def _show_or_return(fig, show: bool):
     return fig
 
 
-def show_results(result, *, show: bool = True):
+_LABELLED: dict[str, object] = {}
+
+
+def labelled_results() -> dict[str, object]:
+    """The results shown with a ``label`` in this process, by label, in the order the labels were
+    first used (a result, a ``Skipped``, or a dict of them from ``compare_configs``)."""
+    return dict(_LABELLED)
+
+
+def label_result(label: str, result) -> None:
+    """File ``result`` (or a dict of results) under ``label`` for ``run_summary``, as
+    ``show_results(result, label=...)`` does."""
+    _LABELLED[label] = result
+
+
+def show_results(result, *, show: bool = True, label: str | None = None):
     """The grid of one run, a row per image: original | degraded | restored, PSNR/SSIM under each.
 
     With several samples, the restored column becomes the samples, their mean and their spread
     (the per-pixel standard deviation across the samples, in [0, 1] pixel units: bright where they
     disagree). A restored photo (``from_photo``) shows the photo, its bicubic upscale for
-    super-resolution, and its reference only if one was given. A skipped config prints why and
-    draws nothing.
+    super-resolution, and its reference only if one was given. A skipped config draws and prints
+    nothing: the run that returned it has already said why, in one line.
+
+    ``label`` (for example ``"Section 4 (demo images)"``) files the result under that name for
+    :func:`~ddrm_helpers.notebook.run_summary`; showing another result with the same label
+    replaces it (a rerun of the cell).
     """
+    if label is not None:
+        label_result(label, result)
     if getattr(result, "skipped", False):
-        print(result, flush=True)
         return None
     rows = []
-    for i, name in enumerate(result.names):
-        label = name
+    for i, name in enumerate(row_names(result.names)):
         if result.classes is not None:
             from .classes import class_name
 
-            label += f"\n({class_name(int(result.classes[i]))})"
-        rows.append(label)
+            name += f"\n({class_name(int(result.classes[i]))})"
+        rows.append(name)
     columns, notes, cmap = {}, {}, {}
     if result.original is not None:
         columns["reference" if result.from_photo else "original"] = result.original

@@ -55,3 +55,77 @@ def test_the_tasks_listed_for_the_notebook_exist():
     listed = set(available_degradations())
     assert names <= listed, names - listed
     assert {"sr4", "deblur_uni", "inp_mask", "color", "cs4"} <= names
+
+
+def set_repo_url_tool():
+    """tools/set_repo_url.py, loaded from its file (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("set_repo_url", REPO / "tools" / "set_repo_url.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_colab_link_opens_the_repository_the_notebook_clones():
+    tool = set_repo_url_tool()
+    notebook_repo_url, parse_github_url, readme_colab_links = (tool.notebook_repo_url, tool.parse_github_url,
+                                                               tool.readme_colab_links)
+
+    owner, repo = parse_github_url(notebook_repo_url())
+    links = readme_colab_links()
+    assert links and all((o, r) == (owner, repo) for o, r, _ in links), (links, owner, repo)
+    assert "python tools/set_repo_url.py https://github.com/OWNER/REPO" in README  # the maintainer's one edit
+
+
+def test_set_repo_url_rewrites_the_notebook_and_the_readme_together(tmp_path):
+    import nbformat
+
+    tool = set_repo_url_tool()
+    main, notebook_repo_url, readme_colab_links, set_repo_url = (tool.main, tool.notebook_repo_url,
+                                                                 tool.readme_colab_links, tool.set_repo_url)
+
+    for name in ("README.md", "ddrm_demo.ipynb"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    before = (tmp_path / "ddrm_demo.ipynb").read_text().splitlines()
+    assert set_repo_url("https://github.com/someone/ddrm-demo.git", root=tmp_path) == \
+        "https://github.com/someone/ddrm-demo"
+    assert notebook_repo_url(tmp_path) == "https://github.com/someone/ddrm-demo"
+    assert {link[:2] for link in readme_colab_links(tmp_path)} == {("someone", "ddrm-demo")}
+    after = (tmp_path / "ddrm_demo.ipynb").read_text().splitlines()
+    assert [a for a, b in zip(after, before) if a != b] == [
+        '    "REPO_URL = \\"https://github.com/someone/ddrm-demo\\"\\n",']  # one line changed, format kept
+    nbformat.validate(nbformat.read(tmp_path / "ddrm_demo.ipynb", as_version=4))
+    assert main(["https://gitlab.com/someone/ddrm-demo"]) == 2  # Colab opens GitHub repositories only
+
+
+def requirements(text: str) -> dict:
+    from packaging.requirements import Requirement
+
+    found = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip().strip('",')
+        if line and not line.startswith("-") and not line.startswith("["):
+            requirement = Requirement(line)
+            found[requirement.name] = requirement.specifier
+    return found
+
+
+def test_installing_keeps_what_colab_has_ipywidgets_7_and_any_newer_torch():
+    listed = requirements((REPO / "requirements.txt").read_text())
+    block = re.search(r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.S | re.M).group(1)
+    assert requirements(block) == listed  # the same list in both places
+    assert "7.7.1" in listed["ipywidgets"] and "8.1.5" in listed["ipywidgets"]  # Colab's 7.7.1 is kept
+    for name, specifier in listed.items():  # lower bounds only: never an upgrade of what satisfies them
+        assert all(s.operator == ">=" for s in specifier), (name, specifier)
+    assert {"torch", "torchvision", "numpy", "matplotlib"} <= set(listed)
+
+
+def test_the_docs_claim_no_checkpoint_upload_cell_and_no_cell_that_needs_another():
+    import json
+
+    notebook = json.loads((REPO / "ddrm_demo.ipynb").read_text())
+    prose = "".join("".join(c["source"]) for c in notebook["cells"])
+    for text in (README, (REPO / "docs" / "notebook.md").read_text(), prose):
+        assert "upload cell" not in text  # every upload button takes images; checkpoints are placed by hand
+    assert 'accept="image/*"' in (REPO / "ddrm_helpers" / "notebook.py").read_text()
