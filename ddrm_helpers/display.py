@@ -140,7 +140,7 @@ def _wrap_to(text, limit: float, renderer, *, vertical: bool) -> int:
 
 
 # Names that image_names() gives to inputs that are not files: the type of the object.
-_GENERIC_NAME = re.compile(r"^(ndarray|tensor|image|[a-z0-9]*imagefile)$")
+_GENERIC_NAME = re.compile(r"^(ndarray|tensor|image|[a-z0-9]*imagefile|photo\d+)$")
 
 
 def row_names(names: Sequence[str]) -> list[str]:

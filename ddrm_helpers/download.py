@@ -339,6 +339,7 @@ class _Download:
             self.say(f"the file at {self.path} is not the right one ({current.detail}); moved it to {moved.name}")
         self._adopt_part()
         self._check_disk_space()
+        failed_sources: list[str] = []
         for source in self.spec.urls:
             attempt = _Attempt(source.url)
             self.attempts.append(attempt)
@@ -347,9 +348,11 @@ class _Download:
             except _SourceFailed as failure:
                 attempt.outcome, attempt.checksum, attempt.got = failure.outcome, failure.checksum, failure.got
                 note = f" [{source.note}]" if source.note else ""
-                self.say(f"{source.url}: {failure.outcome}{note}; trying the next source"
-                         if source is not self.spec.urls[-1] else f"{source.url}: {failure.outcome}{note}")
+                # Said only if a later source succeeds; if none does, the final report lists them all.
+                failed_sources.append(f"{source.url}: {failure.outcome}{note}")
                 continue
+            for line in failed_sources:
+                self.say(f"{line} (then the next source served the file)")
             require_plain(self.path, key=self.spec.key)
             os.replace(self.part, self.path)
             self._forget_part()
@@ -728,32 +731,42 @@ class _Download:
         tried = "\n".join(f"  {i}. {a.url}\n     {a.line()}" for i, a in enumerate(self.attempts, 1))
         check = (f"size {spec.expected_size_text()}, sha256 {spec.sha256}" if spec.pinned
                  else f"size {spec.expected_size_text()} and its tensor names and shapes")
-        hints = []
-        if self._part_size():
-            hints.append(f"Run the same command again later: the partial download "
-                         f"({self._part_size():,} bytes) at {self.part} is resumed.")
-        hints += [
+        resumable = (f"Run the same command again later: the partial download ({self._part_size():,} bytes) at "
+                     f"{self.part} is resumed.") if self._part_size() else None
+        complete = [a.got for a in self.attempts if a.got]
+        same = (f"Every source served the same file (sha256 {complete[0]}): if it is a newer release, the "
+                "registry's hash may be out of date; see docs/downloads.md.") if len(complete) >= 2 and len(
+                    set(complete)) == 1 else None
+        hints = [h for h in (resumable,) if h] + [
             f"Download the file yourself from any URL above (a browser, or `wget -c URL`) and put it at\n"
             f"      {path}\n    It is checked ({check}) before use.",
-            f"Keep checkpoints in another folder, such as a Google Drive folder in Colab: set "
-            f"{CHECKPOINT_DIR_ENV}=<folder> (the file then goes to <folder>/{spec.subdir}/{spec.file}), "
-            "or pass cache_dir=... (--dir on the command line).",
-            "In Colab, the Files panel on the left uploads a file from your computer; move it to the path "
-            "above (or keep it in a Google Drive folder and set " + CHECKPOINT_DIR_ENV + " to that folder).",
-        ]
-        complete = [a.got for a in self.attempts if a.got]
-        hashes = set(complete)
-        if len(complete) >= 2 and len(hashes) == 1:
-            hints.append(f"Every source served the same file (sha256 {hashes.pop()}): if it is a newer "
-                         "release, the registry's hash may be out of date; see docs/downloads.md.")
-        message = (
-            f"Could not download {spec.file} ({spec.description}; {spec.expected_size_text()}) "
-            f"for checkpoint '{spec.key}'.\nSources tried, in order:\n{tried}\nWhat you can do:\n"
-            + "\n".join(f"  - {h}" for h in hints)
-            + "\nSee docs/downloads.md for every message and its remedy."
+            *GENERAL_HINTS,
+        ] + [h for h in (same,) if h]
+        title = (f"Could not download {spec.file} ({spec.description}; {spec.expected_size_text()}) "
+                 f"for checkpoint '{spec.key}'.")
+        message = (f"{title}\nSources tried, in order:\n{tried}\nWhat you can do:\n"
+                   + "\n".join(f"  - {h}" for h in hints)
+                   + "\nSee docs/downloads.md for every message and its remedy.")
+        # The short account for a table of several files: one line per source, where the file goes
+        report = "\n".join(
+            [title]
+            + [f"  {i}. {a.url} \u2014 {a.line()}" for i, a in enumerate(self.attempts, 1)]
+            + [f"  by hand: put it at {path}"]
+            + [f"  {h}" for h in (resumable, same) if h]
         )
         kind = ChecksumError if self.attempts and all(a.checksum for a in self.attempts) else DownloadError
-        return kind(message, key=spec.key, path=path, attempts=[(a.url, a.line()) for a in self.attempts])
+        return kind(message, key=spec.key, path=path, attempts=[(a.url, a.line()) for a in self.attempts],
+                    report=report, hints=(*GENERAL_HINTS, "See docs/downloads.md for every message and its remedy."))
+
+
+GENERAL_HINTS = (
+    "Try again later (a server may be down, or this machine offline); partial downloads are resumed.",
+    f"Keep checkpoints in another folder, such as a Google Drive folder in Colab: set {CHECKPOINT_DIR_ENV}="
+    "<folder> (each file then goes to <folder>/<subfolder>/<file>), or pass cache_dir=... (--dir on the command "
+    "line).",
+    "In Colab, the Files panel on the left uploads a file from your computer; move it to the path shown (or keep "
+    f"it in a Google Drive folder and set {CHECKPOINT_DIR_ENV} to that folder).",
+)
 
 
 # -- small helpers ------------------------------------------------------------------------------

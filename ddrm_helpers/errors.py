@@ -11,14 +11,19 @@ class DownloadError(OSError):
     """A checkpoint could not be made available.
 
     ``attempts`` lists ``(url, what happened)`` for every source tried, in order; the message
-    repeats them and says what the user can do.
+    repeats them and says what the user can do. ``report`` is the same account without the
+    advice, and ``hints`` the advice alone, so that a table of several failed files can print each
+    file's report and the advice once.
     """
 
-    def __init__(self, message: str, *, key: str | None = None, path=None, attempts=()):
+    def __init__(self, message: str, *, key: str | None = None, path=None, attempts=(), report: str | None = None,
+                 hints: tuple[str, ...] = ()):
         super().__init__(message)
         self.key = key
         self.path = path
         self.attempts = list(attempts)
+        self.report = report
+        self.hints = tuple(hints)
 
     def __str__(self) -> str:  # OSError's own __str__ would prepend an errno
         return self.args[0]

@@ -551,8 +551,14 @@ def _as_list(images) -> list:
 
 
 def image_names(sources) -> list[str]:
-    """Short names for images, safe in file names (``face_eileen_collins``, ``ndarray``)."""
-    return [_safe_name(describe(source), i) for i, source in enumerate(sources)]
+    """Short names for images, safe in file names: a file's own name (``face_eileen_collins``), and
+    ``photo1``, ``photo2``, ... (by position) for an array, a tensor or a PIL image without a file."""
+    return [_safe_name(describe(source), i) if _has_file_name(source) else f"photo{i + 1}"
+            for i, source in enumerate(sources)]
+
+
+def _has_file_name(source) -> bool:
+    return isinstance(source, (str, os.PathLike)) or bool(getattr(source, "filename", ""))
 
 
 def _safe_name(name: str, index: int) -> str:

@@ -241,11 +241,11 @@ class CheckpointStore:
 
         names = [config_names] if isinstance(config_names, str) else list(config_names or available_configs())
         configs = [load_config(name) for name in names]
-        rows, seen = [], {}
+        rows, seen, advice = [], {}, []
         for config in configs:
             for role, key in config.checkpoints.items():
                 if key not in seen:
-                    seen[key] = self._check_one(key, fetch, options or {})
+                    seen[key] = self._check_one(key, fetch, options or {}, advice)
                 spec, found, error = seen[key]
                 if spec is None:
                     rows.append(CheckpointRow(config=config.name, display=config.display, role=role, key=key,
@@ -258,9 +258,11 @@ class CheckpointStore:
                     detail=describe(spec, found, error), sha256=found.sha256,
                     error=str(error) if error else None,
                 ))
+        if advice:
+            print("What you can do:\n" + "\n".join(f"  - {h}" for h in dict.fromkeys(advice)), flush=True)
         return CheckpointStatus(rows, self.root)
 
-    def _check_one(self, key: str, fetch: bool, options: dict):
+    def _check_one(self, key: str, fetch: bool, options: dict, advice: list[str]):
         try:
             spec = self.spec(key)
         except ConfigError as err:
@@ -272,7 +274,9 @@ class CheckpointStore:
             except DownloadError as err:
                 error = err
                 if not isinstance(err, PathBlockedError):
-                    print(err, flush=True)
+                    # Each file's own account here; the advice common to all of them once, after the last
+                    print(err.report or err, flush=True)
+                    advice += err.hints
             except OSError as err:  # a folder that cannot be made, a lock that cannot be taken...
                 error = DownloadError(f"{spec.file}: {err.strerror or err}", key=spec.key)
                 print(error, flush=True)

@@ -128,16 +128,16 @@ def test_offline_without_checkpoints_every_cell_runs_and_configs_are_skipped(off
     assert "checkpoints go to" in text_of(notebook.cells[2])  # outside Colab the set-up cell only imports
     status = text_of(cell_with(notebook, "ensure_checkpoints()"))
     assert "Ready to run: none." in status and "download failed" in status
-    skipped = {"result_celeba = ": "Config 1: CelebA-HQ (DDPM): skipped",
-               "result_imagenet = ": "Config 2: ImageNet unconditional (OpenAI): skipped",
-               "result_conditional = ": "Config 3: ImageNet conditional + classifier (OpenAI): skipped"}
+    skipped = {"result_celeba = ": "Config 1: CelebA-HQ (DDPM) skipped: celeba_hq.ckpt could not be downloaded",
+               "result_imagenet = ": "Config 2: ImageNet unconditional (OpenAI) skipped",
+               "result_conditional = ": "Config 3: ImageNet conditional + classifier (OpenAI) skipped"}
     for snippet, display in skipped.items():
         cell = cell_with(notebook, snippet)
         # Said once: by the run, not again by show_results.
         assert text_of(cell).count(display) == 1 and images_in(cell) == 0
     for snippet in PHOTO_CELLS + (FRAMES_CELL,):
         cell = cell_with(notebook, snippet)
-        assert text_of(cell).count(": skipped: ") == 1 and images_in(cell) == 0, snippet
+        assert text_of(cell).count(" skipped: ") == 1 and images_in(cell) == 0, snippet
     assert "No frames" not in text_of(cell_with(notebook, FRAMES_CELL))  # the cell does not draw what did not run
     assert not (folder / "exp" / "image_samples").exists() or not any((folder / "exp" / "image_samples").iterdir())
 
@@ -146,7 +146,8 @@ def test_offline_the_summary_names_the_section_of_every_entry(offline):
     notebook, _ = offline
     lines = text_of(cell_with(notebook, SUMMARY_CELL)).splitlines()
     assert [line.split(": skipped: ")[0] for line in lines] == [f"- {label}, {display}" for label, display in SECTIONS]
-    assert lines[0] == "- Section 4 (demo images), Config 1: CelebA-HQ (DDPM): skipped: celeba_hq.ckpt is missing"
+    assert lines[0] == ("- Section 4 (demo images), Config 1: CelebA-HQ (DDPM): skipped: celeba_hq.ckpt could not be "
+                        "downloaded")
     assert all("ran " not in line and "(" not in line.split(": skipped: ")[1] for line in lines)  # short reasons
 
 

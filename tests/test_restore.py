@@ -228,7 +228,7 @@ def test_a_reference_gives_scores_and_every_output_is_saved(tiny):
     folder = result.out_dir
     assert folder.parent == tiny / "exp" / "image_samples" and folder.name.startswith("celeba_hq_photo_sr4_")
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [f"00_tensor_{kind}.png" for kind in ("reference", "degraded", "baseline", "restored", "sample1", "sample2",
+        [f"00_photo1_{kind}.png" for kind in ("reference", "degraded", "baseline", "restored", "sample1", "sample2",
                                               "mean", "spread")] + ["metrics.json"])
     summary = json.loads((folder / "metrics.json").read_text())
     assert summary["photo"] is True and summary["num_samples"] == 2 and summary["notes"] == []
