@@ -18,6 +18,9 @@ Modules, one idea each:
 - ``images``       loading any photo as a tensor, saving tensors as pictures
 - ``metrics``      PSNR and SSIM
 - ``classes``      ImageNet class labels by index or name
+- ``engine``       restore measurements with a config's networks under one frozen ``Settings``
+- ``results``      ``RunResult`` / ``Skipped``: a run's result, its metrics, its files, image names
+- ``demo``         the shipped demo images: which suit a config, their classes
 - ``runner``       ``run_config``: one config end to end (images, degrade, restore, measure, save)
 - ``restore``      ``restore_photo``: a user's degraded photo is the measurement; restore it
 - ``noise``        ``estimate_noise``: a photo's noise level from the photo alone
@@ -47,14 +50,16 @@ _SOURCES = {
     "progress": ("animate_progress", "collect_frames", "show_progress"),
     "registry": ("CheckpointSpec", "load_registry"),
     "restore": ("degraded_photo", "restore_photo"),
-    "runner": ("RunResult", "Skipped", "run_config"),
+    "results": ("RunResult", "Skipped"),
+    "runner": ("run_config",),
     "sampler": ("ddrm_sample", "sigma_0_from_sigma_y"),
     "schedule": ("timestep_sequence",),
     "status": ("CheckpointStatus", "checkpoint_status", "ensure_checkpoints"),
     "store": ("CheckpointStore",),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-_SUBMODULES = (*_SOURCES, "classes", "cli", "images", "metrics", "notebook", "paths", "safefs", "validate", "verify")
+_SUBMODULES = (*_SOURCES, "classes", "cli", "demo", "engine", "images", "metrics", "notebook", "paths", "safefs",
+               "validate", "verify")
 
 __all__ = [
     "ArgumentError",

@@ -206,7 +206,7 @@ def check_arguments(args) -> None:
     if args.command not in ("demo", "run", "restore"):
         return
     from .config import load_config
-    from .runner import resolve_settings
+    from .engine import resolve_settings
     from .schedule import betas_from_config
 
     if args.device is not None:
@@ -236,7 +236,7 @@ def _check_run_inputs(args, config) -> None:
     """``run``: the task for this config's image size, and the classes, before its first config runs."""
     from .classes import resolve_classes
     from .degradations import make_degradation
-    from .runner import default_images
+    from .demo import default_images
 
     if args.task is not None:
         size = int(config.data.image_size)

@@ -18,10 +18,11 @@ import re
 import torch
 
 from .config import available_configs, load_config
+from .demo import demo_entries
 from .display import in_notebook, label_result, labelled_results, row_names, show_grid, show_results
 from .errors import ImageError
 from .paths import DEMO_DIR
-from .runner import demo_entries, run_config
+from .runner import run_config
 
 # The measured CPU figures of docs/performance.md (seconds per network evaluation, one 256x256 image,
 # 2-core machine); tests/test_notebook_helpers.py checks them against that file's table.

@@ -37,7 +37,7 @@ def collect_frames(row: int = 0) -> tuple[Callable[[dict], None], list[Frame]]:
     ``row`` chooses whose guesses are kept: in a run of N images with K samples each, row
     ``n * K + k`` is sample k of image n (0: the first sample of the first image). The callback
     takes the dict of :func:`~ddrm_helpers.sampler.ddrm_sample` (with ``batch_start`` when a run
-    splits its rows into batches, as :func:`~ddrm_helpers.runner.sample_measurements` adds).
+    splits its rows into batches, as :func:`~ddrm_helpers.engine.sample_measurements` adds).
     """
     frames: list[Frame] = []
 

@@ -19,7 +19,7 @@ super-resolution, ``image_size`` otherwise), each step said in a printed line an
 inpainting (the kept pixels): ``degraded_image(y)`` is the photo again (:func:`measurement_from_photo`).
 
 Seeds: a run draws the measurement noise first and then the sampler's, from one generator (see
-:mod:`ddrm_helpers.runner`). A photo holds its own noise, so that draw is made and dropped: the
+:mod:`ddrm_helpers.engine`). A photo holds its own noise, so that draw is made and dropped: the
 same seed then gives exactly the same restoration as :func:`run_config` does when its simulated
 measurement is handed in as the photo (``tests/test_restore.py`` checks it for every task).
 
@@ -39,12 +39,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import engine
 from .config import load_config
 from .degradations import Colorization, Degradation, Inpainting, Separable, WalshHadamardCS, load_mask, make_degradation
+from .engine import Inputs, resolve_settings
 from .errors import DegradationError, ImageError, SamplingError
 from .images import load_image, to_pil
 from .noise import estimate_noise
-from .runner import Inputs, RunResult, Skipped, image_names, resolve_settings, restore_inputs
+from .results import RunResult, Skipped, image_names, report
 from .sampler import sigma_0_from_sigma_y
 from .store import CheckpointStore
 
@@ -116,10 +118,10 @@ def restore_photo(
     for note in notes:
         print(note, flush=True)
     inputs = Inputs(degradation=degradation, names=image_names([photo]), sources=[photo], measurement=y,
-                    original=original, notes=notes, sigma_y_estimated=estimate)
-    return restore_inputs(config, settings, inputs, classes=classes, classifier_scale=classifier_scale,
-                          batch_size=batch_size, store=CheckpointStore.of(store, cache_dir, registry), device=device,
-                          out_dir=out_dir, save=save, download=download, progress=progress, callback=callback)
+                    original=original, classes=classes, notes=notes, sigma_y_estimated=estimate)
+    restoration = engine.run(config, settings, inputs, store=CheckpointStore.of(store, cache_dir, registry),
+                             download=download, progress=progress, callback=callback)
+    return report(config, settings, inputs, restoration, out_dir=out_dir, save=save)
 
 
 def measurement_from_photo(degradation: Degradation, photo: torch.Tensor) -> torch.Tensor:

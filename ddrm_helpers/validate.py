@@ -2,7 +2,7 @@
 
 Each check is a small function that returns the value (converted: an ``int``, a ``float``, a
 ``torch.device``) or raises a ``ValueError`` subclass from :mod:`ddrm_helpers.errors` that says
-what is wrong and what to give instead. :func:`~ddrm_helpers.runner.resolve_settings` runs them
+what is wrong and what to give instead. :func:`~ddrm_helpers.engine.resolve_settings` runs them
 before any download or model load; the sampler and :func:`~ddrm_helpers.schedule.timestep_sequence`
 run the same ones, so that each limit is written once, here.
 

@@ -11,11 +11,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ddrm_helpers import runner
+from ddrm_helpers import engine
 from ddrm_helpers.config import learns_sigma, load_config
 from ddrm_helpers.degradations import make_degradation
+from ddrm_helpers.demo import default_images
+from ddrm_helpers.engine import resolve_settings, sample_measurements
 from ddrm_helpers.errors import SamplingError
-from ddrm_helpers.runner import resolve_settings, run_config, sample_measurements
+from ddrm_helpers.runner import run_config
 from ddrm_helpers.schedule import alphas_cumprod, betas_from_config
 
 from .tiny_models import install_tiny_checkpoints
@@ -35,12 +37,12 @@ class Recorder:
 
 
 def sample(config, model, steps=4):
-    settings = resolve_settings(config, "sr2", 0.05, steps, None, None, 0, 1)
+    settings = resolve_settings(config, "sr2", 0.05, steps, None, None, 0, 1, batch_size=1, device="cpu")
     op = make_degradation("sr2", 8)
     y = op.H(torch.zeros(1, 3, 8, 8))
     levels = []
-    sample_measurements(SimpleNamespace(model=model, classifier=None), y, op, 0.1, settings, classes=None,
-                        classifier_scale=1.0, generator=torch.Generator().manual_seed(0), batch_size=1,
+    sample_measurements(SimpleNamespace(model=model, classifier=None), y, op, settings, classes=None,
+                        generator=torch.Generator().manual_seed(0),
                         callback=lambda info: levels.append(info["sigma"]), progress=False,
                         betas=betas_from_config(config), learned_sigma=learns_sigma(config))
     return levels
@@ -79,13 +81,13 @@ def test_sample_measurements_follows_the_configs_learned_sigma():
 def tiny(server, tmp_path, monkeypatch):
     install_tiny_checkpoints(server, tmp_path, monkeypatch)
     calls = []
-    real = runner.ddrm_sample
+    real = engine.ddrm_sample
 
     def recording(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "ddrm_sample", recording)
+    monkeypatch.setattr(engine, "ddrm_sample", recording)
     return calls
 
 
@@ -120,7 +122,7 @@ def test_a_run_samples_with_its_configs_schedule(tiny, monkeypatch):
 
 @pytest.mark.server
 def test_a_run_tells_the_sampler_whether_the_model_learns_sigma(tiny):
-    run_levels("imagenet_256", images=[runner.default_images(load_config("imagenet_256"))[0]])
+    run_levels("imagenet_256", images=[default_images(load_config("imagenet_256"))[0]])
     assert tiny[-1]["learned_sigma"] is True
 
 
