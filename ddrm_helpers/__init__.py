@@ -23,6 +23,9 @@ Modules, one idea each:
 - ``demo``         the shipped demo images: which suit a config, their classes
 - ``runner``       ``run_config``: one config end to end (images, degrade, restore, measure, save)
 - ``restore``      ``restore_photo``: a user's degraded photo is the measurement; restore it
+- ``evaluation``   ``evaluate``: a config on a data set, resumable, on one GPU or many (torchrun)
+- ``datasets``     the data sets ``evaluate`` reads: a folder, a list file, an ImageFolder
+- ``summary``      an evaluation's table: mean and 95% interval per metric, beside the paper's figures
 - ``noise``        ``estimate_noise``: a photo's noise level from the photo alone
 - ``display``      ``show_results`` / ``show_grid``: the inline figures
 - ``progress``     the restoration as it happens: ``collect_frames``, ``show_progress``, ``animate_progress``
@@ -45,6 +48,7 @@ _SOURCES = {
     "download": ("RetryPolicy", "fetch_checkpoint"),
     "errors": ("ArgumentError", "CheckpointMismatchError", "ChecksumError", "ClassLabelError", "ConfigError",
                "DegradationError", "DownloadError", "ImageError", "ModelInputError", "SamplingError"),
+    "evaluation": ("Evaluation", "evaluate"),
     "models": ("build_classifier", "build_model", "load_pretrained"),
     "noise": ("estimate_noise",),
     "progress": ("animate_progress", "collect_frames", "show_progress"),
@@ -58,8 +62,8 @@ _SOURCES = {
     "store": ("CheckpointStore",),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-_SUBMODULES = (*_SOURCES, "classes", "cli", "demo", "engine", "images", "metrics", "notebook", "paths", "safefs",
-               "validate", "verify")
+_SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "engine", "images", "metrics", "notebook", "paths",
+               "safefs", "summary", "validate", "verify")
 
 __all__ = [
     "ArgumentError",
@@ -74,6 +78,7 @@ __all__ = [
     "Degradation",
     "DegradationError",
     "DownloadError",
+    "Evaluation",
     "ImageError",
     "ModelInputError",
     "RetryPolicy",
@@ -92,6 +97,7 @@ __all__ = [
     "degraded_photo",
     "ensure_checkpoints",
     "estimate_noise",
+    "evaluate",
     "fetch_checkpoint",
     "load_config",
     "load_pretrained",

@@ -11,6 +11,9 @@
                                     [--sigma-y S | --estimate-noise] [--samples K] [--fit crop|pad]
                                     [--steps N] [--seed K] [--reference PATH] [--classes C]
                                     [--out DIR] [--dir DIR] [--device DEV]
+    python -m ddrm_helpers eval     --config NAME --data PATH [--root DIR] [--task TASK] [--sigma-y S]
+                                    [--steps N] [--seed K] [--limit N] [--inception-weights FILE | --no-kid]
+                                    --out DIR [--dir DIR] [--device DEV]
 
 ``demo`` is the notebook's "run all" in a terminal: it fetches what it can, runs every config
 whose checkpoints are there on the demo images with the config's defaults, skips the others with
@@ -20,7 +23,9 @@ skipped one says why). ``status`` exits 0 after showing every config; asked abou
 asked for is still missing afterwards. ``run`` exits 1 when no config could run (each skipped one
 says why), or when a restoration is not finite (NaN or infinity: its summary line says FAILED);
 so do ``demo`` and ``restore``. ``restore`` restores your own degraded photo (docs/real-photos.md);
-it exits 1 when the config cannot run.
+it exits 1 when the config cannot run. ``eval`` evaluates a config on a data set, resumably, and
+under ``torchrun`` on several GPUs (docs/evaluation.md); it exits 1 when the config cannot run or a
+restoration is not finite.
 
 Every command exits 2 on bad input, with one line ``error: ...`` and no traceback, before anything
 is downloaded or loaded: an argument out of range (``--steps`` outside 1 to the diffusion's
@@ -35,6 +40,7 @@ Nothing here imports PyTorch before the arguments are parsed, so ``--help`` answ
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import available_configs
@@ -119,6 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
     restore.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     restore.set_defaults(handler=_restore)
+
+    evaluation = commands.add_parser("eval", help="evaluate a config on a data set: PSNR, SSIM, consistency, KID, "
+                                     "FID; resumable; on many GPUs under torchrun")
+    evaluation.add_argument("--config", required=True, choices=available_configs(), metavar="NAME",
+                            help=f"the config ({', '.join(available_configs())})")
+    evaluation.add_argument("--data", required=True, metavar="PATH",
+                            help="a folder of images, a folder of class subfolders (ImageFolder), or a list file "
+                                 "(one path per line, optionally followed by an ImageNet class index)")
+    evaluation.add_argument("--root", metavar="DIR",
+                            help="the folder a list file's paths are relative to (default: the list's folder)")
+    evaluation.add_argument("--task", help="the degradation (default: the config's); see docs/ddrm.md")
+    evaluation.add_argument("--sigma-y", type=float,
+                            help="measurement noise in [0, 1] pixel units (default: the config's)")
+    evaluation.add_argument("--steps", type=int, help="DDRM steps (default: 20, the paper's)")
+    evaluation.add_argument("--seed", type=int, default=0, help="image i is restored with a seed made of this and i")
+    evaluation.add_argument("--limit", type=int, metavar="N", help="the first N images of the data set only")
+    kid = evaluation.add_mutually_exclusive_group()
+    kid.add_argument("--inception-weights", metavar="FILE",
+                     help="a local copy of torch-fidelity's Inception weights for KID/FID (else it downloads them)")
+    kid.add_argument("--no-kid", action="store_true", help="no KID/FID: PSNR, SSIM and consistency only")
+    evaluation.add_argument("--out", required=True, metavar="DIR",
+                            help="the evaluation's folder: made, or resumed when it holds one with the same settings")
+    evaluation.add_argument("--dir", metavar="DIR",
+                            help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
+    evaluation.add_argument("--device", help="cuda, cpu, ... (default: cuda, one GPU per process, when available)")
+    evaluation.set_defaults(handler=_eval)
     return parser
 
 
@@ -194,6 +226,19 @@ def _restore(args) -> int:
     return 0 if _ran_well(result) else 1
 
 
+def _eval(args) -> int:
+    from .evaluation import evaluate
+
+    result = evaluate(
+        args.config, args.data, task=args.task, sigma_y=args.sigma_y, steps=args.steps, seed=args.seed,
+        out_dir=args.out, root=args.root, limit=args.limit, features=None if args.no_kid else "inception",
+        inception_weights=args.inception_weights, store=_store(args), device=args.device,
+    )
+    if result.skipped and os.environ.get("RANK", "0") == "0":
+        print("Nothing could run: see the reason above.", file=sys.stderr)
+    return 0 if _ran_well(result) else 1
+
+
 def check_arguments(args) -> None:
     """Refuse bad arguments before anything is downloaded or loaded (``ValueError`` subclasses that
     name the flag). The library checks them again, under their Python names; here each config of
@@ -203,7 +248,7 @@ def check_arguments(args) -> None:
 
     if getattr(args, "dir", None) is not None:
         validate.check_folder(args.dir, "--dir")
-    if args.command not in ("demo", "run", "restore"):
+    if args.command not in ("demo", "run", "restore", "eval"):
         return
     from .config import load_config
     from .engine import resolve_settings
@@ -220,6 +265,8 @@ def check_arguments(args) -> None:
         validate.check_sigma_y(sigma_y, "--sigma-y")
     samples = getattr(args, "samples", 1)
     validate.check_count(samples, "--samples", "how many restorations to draw, 1 or more")
+    if getattr(args, "limit", None) is not None:
+        validate.check_count(args.limit, "--limit", "how many images of the data set to evaluate, 1 or more")
     task = getattr(args, "task", None)
     names = available_configs() if args.command == "demo" else args.config
     for name in [names] if isinstance(names, str) else names:

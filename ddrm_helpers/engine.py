@@ -6,7 +6,7 @@ finds the checkpoints and loads the networks) or, with networks already loaded, 
 
 - :func:`~ddrm_helpers.runner.run_config`: clean images, degraded here (``y = H x`` plus noise);
 - :func:`~ddrm_helpers.restore.restore_photo`: a user's photo is the measurement ``y``;
-- :func:`~ddrm_helpers.evaluate.evaluate`: a data set, one image at a time, each with a generator
+- :func:`~ddrm_helpers.evaluation.evaluate`: a data set, one image at a time, each with a generator
   of its own.
 
 What they do with the :class:`Restoration` (results, metrics, files) is :mod:`ddrm_helpers.results`'.

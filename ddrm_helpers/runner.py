@@ -12,7 +12,7 @@ says what is wrong.
 ``num_samples=K`` restores every input K times in one batched call (the measurement repeated K
 times) and adds the samples' mean and per-pixel spread to the result. The same engine restores a
 user's own degraded photo (:func:`ddrm_helpers.restore.restore_photo`) and a whole data set
-(:func:`ddrm_helpers.evaluate.evaluate`).
+(:func:`ddrm_helpers.evaluation.evaluate`).
 
 A thin front end: the images become :class:`~ddrm_helpers.engine.Inputs`, the arguments a
 :class:`~ddrm_helpers.engine.Settings`; :func:`ddrm_helpers.engine.run` restores them and
