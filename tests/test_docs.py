@@ -32,10 +32,10 @@ def test_every_cli_command_in_the_docs_parses():
     for command in commands:
         words = [w for w in shlex.split(command.replace("\\", "")) if w not in ("...",)]
         words = [w for w in words if not w.startswith("<") and w not in ("[", "]")]
-        if words[0] not in ("status", "download", "run", "demo", "restore"):
+        if words[0] not in ("status", "download", "run", "demo", "restore", "eval"):
             continue
         # Placeholders (NAME, DIR, TASK, ...) stand for values: put real ones in for the parse.
-        fixed = [{"NAME": "celeba_hq", "DIR": "somewhere", "TASK": "sr4"}.get(w, w) for w in words]
+        fixed = [{"NAME": "celeba_hq", "DIR": "somewhere", "TASK": "sr4", "PATH": "data"}.get(w, w) for w in words]
         if "--config" in fixed and fixed[-1] == "--config":
             fixed.append("celeba_hq")
         parser.parse_args(fixed)
