@@ -140,7 +140,7 @@ def evaluate(
     local_rank, world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     where = validate.check_device(device) or engine.default_device()
     if where.type == "cuda" and where.index is None and world > 1:
-        where = torch.device("cuda", local_rank)  # each rank on its own GPU
+        where = validate.check_device(torch.device("cuda", local_rank), "LOCAL_RANK's GPU")  # each rank on its own
     settings = resolve_settings(config, task, sigma_y, steps, eta, eta_b, seed, 1, classifier_scale=classifier_scale,
                                 batch_size=1, device=where, out_dir=out_dir, save=True)
     if limit is not None:
