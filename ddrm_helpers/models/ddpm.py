@@ -84,9 +84,16 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         h = self.norm(x)
-        # [B, C, H, W] -> [B, HW, C]: positions are the tokens, channels the features
-        q, k, v = (proj(h).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        out = attention(q, k, v).transpose(1, 2).reshape(b, c, height, width)
+        # [B, C, H, W] -> [B, HW, C]: positions are the tokens, channels the features, contiguous
+        # for the fused attention kernels (already so when h is channels-last, else one copy each)
+        q, k, v = (
+            proj(h).permute(0, 2, 3, 1).reshape(b, height * width, c).contiguous() for proj in (self.q, self.k, self.v)
+        )
+        out = attention(q, k, v)
+        if x.is_contiguous(memory_format=torch.channels_last):  # [B, HW, C] is that layout already
+            out = out.reshape(b, height, width, c).permute(0, 3, 1, 2)
+        else:
+            out = out.transpose(1, 2).reshape(b, c, height, width)
         return x + self.proj_out(out)
 
 

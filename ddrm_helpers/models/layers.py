@@ -45,10 +45,15 @@ class SinusoidalTimesteps(nn.Module):
     the features are ``[sin(t w), cos(t w)]`` for the DDPM UNet (``shift=1``, ``cos_first=False``)
     and ``[cos(t w), sin(t w)]`` for guided diffusion (``shift=0``, ``cos_first=True``).
 
-    Both families computed these in float32, with the operations in the order used here; the
-    features come out in float32 and agree bit for bit with the ones the networks were trained
-    on. The frequencies are a non-persistent buffer (not in the state dict), made once on the CPU
-    so that a network built on the ``meta`` device still has them after its weights are assigned.
+    Both families computed these in float32, on the CPU, with the operations in the order used
+    here; the features come out in float32 and agree bit for bit with the ones the networks were
+    trained on. The frequencies are a non-persistent buffer (not in the state dict), so they move
+    with the network (``.to(device)``). They are computed on the CPU and put on the device the
+    network is built on (``with torch.device("cuda"): build_model(cfg)`` gives CUDA frequencies);
+    built on the ``meta`` device, they stay on the CPU, so that the network still has them after
+    its weights are assigned from a file (``load_state_dict(..., assign=True)``). Called on a device
+    the frequencies are not on (a network built on ``meta`` and run there, to count FLOPs), they are
+    copied to ``t``'s device for the call.
     """
 
     def __init__(self, dim: int, *, shift: int, cos_first: bool):
@@ -61,11 +66,15 @@ class SinusoidalTimesteps(nn.Module):
             freqs = torch.exp(steps * -(math.log(10000) / (half - shift)))
         else:
             freqs = torch.exp(-math.log(10000) * steps / half)
+        building_on = torch.empty(0).device  # the device of a `with torch.device(...)` block, else the CPU
+        if building_on.type != "meta":
+            freqs = freqs.to(building_on)
         self.register_buffer("freqs", freqs, persistent=False)
         self.cos_first = cos_first
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t.float()[:, None] * self.freqs.float()[None, :]
+        freqs = self.freqs if self.freqs.device == t.device else self.freqs.to(t.device)
+        angles = t.float()[:, None] * freqs.float()[None, :]
         waves = (angles.cos(), angles.sin()) if self.cos_first else (angles.sin(), angles.cos())
         return torch.cat(waves, dim=1)
 
@@ -73,8 +82,12 @@ class SinusoidalTimesteps(nn.Module):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` over ``[..., tokens, d]`` tensors.
 
-    Through ``scaled_dot_product_attention``, which picks a fused kernel where one exists; the
-    fused GPU kernels accumulate the softmax in float32 also for half-precision inputs.
+    Through ``scaled_dot_product_attention``, which picks a fused kernel where one exists: the
+    fused kernels (flash attention on the CPU and CUDA, memory-efficient attention on CUDA) need
+    the last dimension of ``q``, ``k`` and ``v`` contiguous, and without it torch falls back to
+    explicit matrix products and a softmax; callers pass contiguous tensors (the tests check that
+    the fused kernel runs). The fused GPU kernels accumulate the softmax in float32 also for
+    half-precision inputs.
     """
     return F.scaled_dot_product_attention(q, k, v)
 
