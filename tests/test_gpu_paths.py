@@ -1,7 +1,9 @@
-"""The GPU paths, checked on the CPU: device placement of the timestep table and fused attention.
-(bench/gpu_check.py runs them on CUDA.)"""
+"""The GPU paths, checked on the CPU: device placement of the timestep table, fused attention,
+the float16 group norm and the fast-path switches' plumbing. (bench/gpu_check.py runs them on CUDA.)"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -10,9 +12,10 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ddrm_helpers import load_config
-from ddrm_helpers.models import build_classifier, build_model
+from ddrm_helpers.models import build_classifier, build_model, fast_path, fast_path_options, fastpath, set_fast_path
+from ddrm_helpers.models.layers import GroupNorm
 
-from .model_utils import tiny_config, tiny_inputs
+from .model_utils import seeded_weights_, tiny_config, tiny_inputs
 
 NETWORKS = ["celeba_hq", "imagenet_256_cc", "classifier"]
 
@@ -105,3 +108,156 @@ def test_attention_inputs_are_contiguous(name, monkeypatch):
     with torch.no_grad():
         network(*inputs)
     assert seen and all(seen)
+
+
+# --- group norm in float16 -------------------------------------------------------------------------
+
+
+def _norm_and_input(offset=50.0):
+    norm = GroupNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.1 * torch.randn(64, generator=torch.Generator().manual_seed(0)))
+        norm.bias.copy_(0.1 * torch.randn(64, generator=torch.Generator().manual_seed(1)))
+    x = offset + torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(2))
+    return norm.requires_grad_(False), x.half()
+
+
+def test_half_group_norm_accumulates_in_float32():
+    """Values around 50 with unit spread: float16 sums of squares would lose everything, yet the
+    float16 path agrees with the float32 one to float16 rounding."""
+    norm, x = _norm_and_input()
+    reference = F.group_norm(x.float(), 32, norm.weight, norm.bias, 1e-5)
+    out = norm(x)
+    assert out.dtype == torch.float16
+    error = ((out.float() - reference).abs().max() / reference.abs().max()).item()
+    assert error < 2e-3
+
+
+def test_half_group_norm_switch_off_is_the_float32_round_trip():
+    norm, x = _norm_and_input()
+    with fast_path_options(half_group_norm=False):
+        out = norm(x)
+    assert torch.equal(out, F.group_norm(x.float(), 32, norm.weight, norm.bias, 1e-5).half())
+    with fast_path_options(half_group_norm=True):
+        assert not torch.equal(norm(x), out)  # the switch does change the path
+
+
+def test_half_group_norm_casts_nothing_after_the_first_call():
+    norm, x = _norm_and_input()
+    norm(x)
+    assert not {n for n in _op_names(lambda: norm(x)) if "to_copy" in n or n == "aten::to"}
+    with fast_path_options(half_group_norm=False):
+        assert "aten::_to_copy" in _op_names(lambda: norm(x))
+
+
+def test_half_group_norm_cache_follows_the_parameters():
+    norm, x = _norm_and_input()
+    first = norm(x)
+    with torch.no_grad():
+        norm.bias.add_(1.0)  # in place: the version counter moves
+    assert torch.allclose(norm(x).float(), first.float() + 1.0, atol=2e-2)
+    norm.to(torch.float64).to(torch.float32)  # new storage
+    assert torch.allclose(norm(x).float(), first.float() + 1.0, atol=2e-2)
+
+
+def test_half_group_norm_made_inside_inference_mode_serves_autograd_later():
+    norm, x = _norm_and_input()
+    with torch.inference_mode():
+        norm(x)  # the cache is filled here
+    x_in = x.clone().requires_grad_(True)
+    norm(x_in).float().square().sum().backward()
+    assert x_in.grad is not None and torch.isfinite(x_in.grad).all()
+
+
+def test_half_group_norm_trains_its_parameters():
+    norm, x = _norm_and_input()
+    norm.requires_grad_(True)
+    norm(x).float().sum().backward()
+    assert norm.weight.grad is not None and norm.bias.grad is not None
+
+
+def test_bfloat16_keeps_the_float32_round_trip():
+    norm, x = _norm_and_input()
+    x = x.bfloat16()
+    assert torch.equal(norm(x), F.group_norm(x.float(), 32, norm.weight, norm.bias, 1e-5).bfloat16())
+
+
+def test_half_group_norm_changes_the_float16_torso_by_less_than_1e_3():
+    """The rule for keeping the switch on: eps of the float16 torso no more than 1e-3 further from
+    the float32 network's (``||eps16 - eps32|| / ||eps32||``) than with the float32 round trip."""
+    cfg = load_config("imagenet_256", **{"model.num_channels": 32})
+    network = seeded_weights_(build_model(cfg).eval(), seed=0)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([999, 100])
+    with torch.no_grad():
+        reference = network(x, t)[:, :3]
+        network.convert_torso(torch.float16)
+        new = network(x, t)[:, :3]
+        with fast_path_options(half_group_norm=False):
+            old = network(x, t)[:, :3]
+    new_error, old_error = (((e - reference).norm() / reference.norm()).item() for e in (new, old))
+    assert 0 < new_error < 5e-3 and 0 < old_error < 5e-3
+    assert new_error <= old_error + 1e-3
+
+
+# --- the fast-path switches ------------------------------------------------------------------------
+
+
+def test_fast_path_defaults_and_validation():
+    assert fast_path() == fastpath.FastPath(channels_last=True, cudnn_benchmark=True, half_group_norm=True,
+                                            compile_mode=None)
+    with pytest.raises(ValueError, match="compile_mode"):
+        set_fast_path(compile_mode="fastest")
+    with pytest.raises(TypeError):
+        set_fast_path(channels_last="yes")
+    with pytest.raises(TypeError):
+        set_fast_path(layout="nhwc")
+    previous = set_fast_path(cudnn_benchmark=False)
+    try:
+        assert not fast_path().cudnn_benchmark and previous.cudnn_benchmark
+    finally:
+        set_fast_path(**dataclasses.asdict(previous))
+    assert fast_path().cudnn_benchmark
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_gpu_switches_do_nothing_on_the_cpu(name):
+    network = _build(name).eval()
+    inputs = tiny_inputs(name, batch=1, dtype=torch.float32)
+    with torch.no_grad():
+        network(*inputs)
+    assert all(p.is_contiguous() for p in network.parameters())
+    assert not torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_channels_last_and_benchmark_on_a_gpu_device(name, monkeypatch):
+    """The CUDA path with the CPU standing in for CUDA: the weights turn channels-last once (as
+    ordinary tensors, even from inside inference mode), the input goes in channels-last, the output
+    comes out NCHW-contiguous and equal to the plain path, and cuDNN benchmark mode is on during the
+    call only."""
+    network = seeded_weights_(_build(name).eval(), seed=0)
+    inputs = tiny_inputs(name, batch=2, dtype=torch.float32)
+    with torch.no_grad():
+        plain = network(*inputs)
+    monkeypatch.setattr(fastpath, "GPU_DEVICE_TYPES", ("cpu",))
+    seen = []
+    first = next(m for m in network.modules() if isinstance(m, nn.Conv2d))
+    first.register_forward_pre_hook(lambda module, args: seen.append(
+        (args[0].is_contiguous(memory_format=torch.channels_last), torch.backends.cudnn.benchmark)))
+    conversions = []
+    original_to = nn.Module.to
+    monkeypatch.setattr(nn.Module, "to", lambda self, *a, **k: conversions.append(k) or original_to(self, *a, **k))
+    with torch.inference_mode():
+        fast = network(*inputs)
+        again = network(*inputs)
+    assert conversions == [{"memory_format": torch.channels_last}]  # once
+    assert seen == [(True, True), (True, True)]
+    assert not torch.backends.cudnn.benchmark
+    weights = [m.weight for m in network.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_inference() for w in weights)
+    assert fast.is_contiguous() and torch.equal(fast, again)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4 * plain.abs().max().item())
+    with fast_path_options(channels_last=False, cudnn_benchmark=False):
+        network(*inputs)
+    assert seen[-1] == (False, False)

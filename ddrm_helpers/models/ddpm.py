@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fastpath import cudnn_scope, prepare_input
 from .layers import GroupNorm, SinusoidalTimesteps, attention, check_image, check_timesteps
 
 NORM_EPS = 1e-6
@@ -244,10 +245,11 @@ class DDPMUNet(nn.Module):
         check_image(x, self.in_channels, self.multiple, "The DDPM UNet")
         check_timesteps(t, x.shape[0], "The DDPM UNet")
         emb = self.temb(t)
-        skips = [self.conv_in(x)]
-        for level in self.down:
-            skips += level(skips[-1], emb)
-        h = self.mid(skips[-1], emb)
-        for level in reversed(self.up):
-            h = level(h, emb, [skips.pop() for _ in level.block])
-        return self.conv_out(F.silu(self.norm_out(h)))
+        with cudnn_scope(x):
+            skips = [self.conv_in(prepare_input(self, self.conv_in, x))]
+            for level in self.down:
+                skips += level(skips[-1], emb)
+            h = self.mid(skips[-1], emb)
+            for level in reversed(self.up):
+                h = level(h, emb, [skips.pop() for _ in level.block])
+            return self.conv_out(F.silu(self.norm_out(h))).contiguous()
