@@ -1,5 +1,6 @@
 """The GPU paths, checked on the CPU: device placement of the timestep table, fused attention,
-the float16 group norm and the fast-path switches' plumbing. (bench/gpu_check.py runs them on CUDA.)"""
+the float16 group norm, the fast-path switches' plumbing, guidance under inference mode and the
+compile switch. (bench/gpu_check.py runs them on CUDA.)"""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from ddrm_helpers import load_config
+from ddrm_helpers import load_config, make_degradation, sampler
 from ddrm_helpers.models import build_classifier, build_model, fast_path, fast_path_options, fastpath, set_fast_path
 from ddrm_helpers.models.layers import GroupNorm
+from ddrm_helpers.sampler import ddrm_sample
 
 from .model_utils import seeded_weights_, tiny_config, tiny_inputs
+from .tiny_models import TINY_OVERRIDES
 
 NETWORKS = ["celeba_hq", "imagenet_256_cc", "classifier"]
 
@@ -261,3 +264,90 @@ def test_channels_last_and_benchmark_on_a_gpu_device(name, monkeypatch):
     with fast_path_options(channels_last=False, cudnn_benchmark=False):
         network(*inputs)
     assert seen[-1] == (False, False)
+
+
+# --- classifier guidance under inference mode ------------------------------------------------------
+
+
+def _tiny_guided_setup():
+    cfg = load_config("imagenet_256_cc", **TINY_OVERRIDES["imagenet_256_cc"])
+    model = seeded_weights_(build_model(cfg), seed=0).eval().requires_grad_(False)
+    classifier = seeded_weights_(build_classifier(cfg), seed=1).eval().requires_grad_(False)
+    op = make_degradation("sr4", 64)
+    y = op.H(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    return model, classifier, op, y
+
+
+def test_guidance_runs_inside_inference_mode():
+    model, classifier, op, y = _tiny_guided_setup()
+
+    def run():
+        return ddrm_sample(model, y, op, 0.1, steps=2, classifier=classifier, classes=torch.tensor([3]),
+                           classifier_scale=5.0, generator=torch.Generator().manual_seed(0), progress=False)
+
+    expected = run()
+    with torch.inference_mode():
+        inside = run()
+    assert torch.equal(inside, expected)
+    unguided = ddrm_sample(model, y, op, 0.1, steps=2, classes=torch.tensor([3]),
+                           generator=torch.Generator().manual_seed(0), progress=False)
+    assert not torch.equal(unguided, expected)  # the gradient did enter
+
+
+# --- the compile switch ---------------------------------------------------------------------------
+
+
+class _TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, t):
+        return 0.1 * self.conv(x)
+
+
+def _sample(model, **kwargs):
+    op = make_degradation("sr2", 8)
+    y = op.H(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    return ddrm_sample(model, y, op, 0.1, steps=4, generator=torch.Generator().manual_seed(0), progress=False,
+                       **kwargs)
+
+
+def test_compile_switch_off_calls_the_model_itself(monkeypatch):
+    monkeypatch.setattr(sampler, "_compile", lambda model, mode: pytest.fail("compiled with the switch off"))
+    model = _TinyNet().requires_grad_(False)
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out))
+    outputs = []
+    _sample(model, callback=lambda info: outputs.append(info["eps"]))
+    assert sampler._network_for_sampling(model) is model
+    assert len(seen) == 4 and all(out is eps for out, eps in zip(seen, outputs))  # nothing in between
+
+
+def test_compile_switch_compiles_once_and_copies_each_output(monkeypatch):
+    compiled, calls, marks = [], [], []
+
+    def fake_compile(model, mode):
+        compiled.append(mode)
+
+        def run(x, t):
+            out = model(x, t)
+            calls.append(out)
+            return out
+
+        return run
+
+    monkeypatch.setattr(sampler, "_compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    model = _TinyNet().requires_grad_(False)
+    eager = _sample(model)
+    outputs = []
+    with fast_path_options(compile_mode="reduce-overhead"):
+        first = _sample(model, callback=lambda info: outputs.append(info["eps"]))
+        second = _sample(model)
+    assert compiled == ["reduce-overhead"]  # once for the model, kept across calls
+    assert len(calls) == 8 and len(marks) == 8
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert not any(eps.data_ptr() == out.data_ptr() for eps, out in zip(outputs, calls))  # copies
+    assert fast_path().compile_mode is None
+    assert torch.equal(_sample(model), eager) and len(calls) == 8  # off again: eager
