@@ -1,10 +1,11 @@
 """The GPU paths, checked on the CPU: device placement of the timestep table, fused attention,
-the float16 group norm, the fast-path switches' plumbing, guidance under inference mode and the
-compile switch. (bench/gpu_check.py runs them on CUDA.)"""
+the float16 group norm, the fast-path switches' plumbing, guidance under inference mode, the
+pretrained cache's device key and the compile switch. (bench/gpu_check.py runs them on CUDA.)"""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
 import torch
@@ -13,12 +14,22 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ddrm_helpers import load_config, make_degradation, sampler
-from ddrm_helpers.models import build_classifier, build_model, fast_path, fast_path_options, fastpath, set_fast_path
+from ddrm_helpers.models import (
+    build_classifier,
+    build_model,
+    clear_pretrained_cache,
+    fast_path,
+    fast_path_options,
+    fastpath,
+    load_pretrained,
+    set_fast_path,
+)
 from ddrm_helpers.models.layers import GroupNorm
+from ddrm_helpers.models.pretrained import device_key
 from ddrm_helpers.sampler import ddrm_sample
 
 from .model_utils import seeded_weights_, tiny_config, tiny_inputs
-from .tiny_models import TINY_OVERRIDES
+from .tiny_models import FILES, TINY_OVERRIDES, tiny_checkpoint_bytes
 
 NETWORKS = ["celeba_hq", "imagenet_256_cc", "classifier"]
 
@@ -292,6 +303,31 @@ def test_guidance_runs_inside_inference_mode():
     unguided = ddrm_sample(model, y, op, 0.1, steps=2, classes=torch.tensor([3]),
                            generator=torch.Generator().manual_seed(0), progress=False)
     assert not torch.equal(unguided, expected)  # the gradient did enter
+
+
+# --- the pretrained cache's device key ------------------------------------------------------------
+
+
+def test_device_key_names_one_device_once():
+    assert device_key("cuda") == device_key("cuda:0") == device_key(torch.device("cuda", 0)) == "cuda:0"
+    assert device_key("cuda:1") == "cuda:1" != device_key("cuda")
+    assert device_key("cpu") == device_key("cpu:0") == device_key(torch.device("cpu")) == "cpu"
+
+
+def test_load_pretrained_cache_treats_one_device_as_one(tmp_path):
+    config_name, role, file, _ = FILES["celeba_hq"]
+    path = tmp_path / file
+    path.write_bytes(tiny_checkpoint_bytes("celeba_hq"))
+    config = load_config(config_name, **TINY_OVERRIDES[config_name])
+    clear_pretrained_cache()
+    try:
+        first = load_pretrained(config, paths={role: path}, device="cpu")
+        second = load_pretrained(config, paths={role: path}, device=torch.device("cpu", 0))
+        assert second.model is first.model
+    finally:
+        clear_pretrained_cache()
+    state = torch.load(io.BytesIO(tiny_checkpoint_bytes("celeba_hq")), weights_only=True)
+    torch.testing.assert_close(first.model.state_dict(), state)
 
 
 # --- the compile switch ---------------------------------------------------------------------------
