@@ -1,0 +1,188 @@
+"""bench/gpu_check.py: the --smoke run end to end (CI runs the check this way), the stage machinery
+(caps, errors, budget, skips, reports written as it goes), and the figures its thresholds rest on."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from .conftest import REPO
+from .tiny_models import TINY_OVERRIDES
+
+STAGES = ["environment", "correctness", "forward", "profile", "sampler", "memory", "precision", "loading", "compile"]
+CPU_STAGES = ["environment", "correctness", "forward", "profile", "sampler", "precision", "loading"]
+
+
+@functools.cache
+def _load_gpu_check():
+    """bench/gpu_check.py as a module (it puts the repository and bench/ on sys.path itself)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_smoke_run_writes_both_reports_with_every_stage(tmp_path):
+    out = tmp_path / "report"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--smoke", "--cap-scale", "4", "--budget", "360", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=400,
+    )
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    assert report["mode"] == "smoke" and report["finished"] is True
+    assert [stage["name"] for stage in report["stages"]] == STAGES
+    cuda = torch.cuda.is_available()
+    for stage in report["stages"]:
+        assert stage["status"] in ("passed", "failed", "skipped: no CUDA", "skipped: not asked for (--compile)"), stage
+        assert f"| {stage['name']} | {stage['status']} |" in markdown
+        assert f"## {stage['name']}: " in markdown
+        for check in stage["checks"]:
+            assert check["name"] and check["status"] in ("pass", "fail", "info") or check["status"].startswith(
+                "skipped: "), check
+    statuses = {stage["name"]: stage["status"] for stage in report["stages"]}
+    # everything that can run on a CPU did, and passed its correctness checks
+    assert all(statuses[name] == "passed" for name in CPU_STAGES), statuses
+    assert statuses["memory"] == ("passed" if cuda else "skipped: no CUDA")
+    assert statuses["compile"] == ("skipped: not asked for (--compile)" if cuda else "skipped: no CUDA")
+    checks = {c["name"]: c for stage in report["stages"] for c in stage["checks"]}
+    assert checks["attention kernel"]["status"] == "pass"
+    assert checks["casts per forward removed by the float16 group norm"]["status"] == "pass"
+    assert checks["float16 group norm: eps error over the round trip's"]["status"] == "pass"
+    same_seed = [c for name, c in checks.items() if name.endswith("same seed twice, same bits")]
+    assert len(same_seed) == 6 and all(c["status"] == "pass" for c in same_seed)
+    flops = checks["ADM UNet (imagenet_256): FLOPs per image"]
+    assert flops["status"] == "info" and flops["value"] > 0
+    print(f"smoke run: {seconds:.1f} s")
+
+
+def test_stage_caps_errors_and_budget(tmp_path):
+    gc = _load_gpu_check()
+    ran = []
+
+    def slow(ctx, st):
+        st.check("measured before the cap", 1.0, True, "kept")
+        time.sleep(30)
+
+    def broken(ctx, st):
+        raise ValueError("broken on purpose")
+
+    def failing(ctx, st):
+        st.check("a figure over its threshold", 2.0, False, "<= 1")
+
+    def fine(ctx, st):
+        ran.append("fine")
+        st.check("a figure", 0.5, True, "<= 1")
+        st.check("a speed", 3.0, False, "<= 1", perf=True)
+        st.skip("a CUDA figure", "no CUDA")
+
+    def eats_the_budget(ctx, st):
+        time.sleep(30)
+
+    stages = [
+        gc.StageDef("slow", "sleeps past its cap", 0.5, 0.5, slow),
+        gc.StageDef("broken", "raises", 5, 5, broken),
+        gc.StageDef("failing", "a failed check", 5, 5, failing),
+        gc.StageDef("gpu", "needs CUDA", 5, 5, fine, needs_cuda="a CUDA figure"),
+        gc.StageDef("fine", "passes", 5, 5, fine),
+        gc.StageDef("budget", "uses the rest of the budget", 30, 30, eats_the_budget),
+        gc.StageDef("late", "after the budget", 5, 5, fine),
+    ]
+    args = gc.parse_args([str(tmp_path), "--smoke"])
+    ctx = gc.Context(tmp_path, True, torch.device("cpu"), args, tmp_path)
+    report = gc.Report(tmp_path, {"command": "test", "mode": "smoke", "device": "cpu", "torch": "x",
+                                  "started": "now", "budget_s": 6})
+    start = time.monotonic()
+    status = gc.run_stages(ctx, report, stages, budget_s=6)
+    assert time.monotonic() - start < 10
+    assert status == 1  # a stage timed out or broke
+    saved = json.loads((tmp_path / "report.json").read_text())
+    got = {s["name"]: s for s in saved["stages"]}
+    assert got["slow"]["status"] == "timed out"
+    assert got["slow"]["checks"][0]["name"] == "measured before the cap"  # what it measured is kept
+    assert got["broken"]["status"] == "error" and "broken on purpose" in got["broken"]["reason"]
+    assert got["failing"]["status"] == "failed"
+    assert got["gpu"]["status"] == "skipped: no CUDA" and got["gpu"]["reason"] == "a CUDA figure"
+    assert got["fine"]["status"] == "passed"
+    assert [c["status"] for c in got["fine"]["checks"]] == ["pass", "info", "skipped: no CUDA"]  # speed: info in smoke
+    assert got["budget"]["status"] == "timed out"  # capped by what was left of the budget, not its own 30 s
+    assert got["late"]["status"] == "skipped: out of time"
+    assert ran == ["fine"]
+    assert saved["finished"] is True
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| slow | timed out |" in markdown and "| late | skipped: out of time |" in markdown
+
+
+def test_reports_are_written_before_a_stage_ends(tmp_path):
+    gc = _load_gpu_check()
+    seen = []
+
+    def look(ctx, st):
+        seen.append(json.loads((tmp_path / "report.json").read_text()))
+
+    args = gc.parse_args([str(tmp_path)])
+    ctx = gc.Context(tmp_path, False, torch.device("cpu"), args, tmp_path)
+    report = gc.Report(tmp_path, {"command": "test", "mode": "full", "device": "cpu", "torch": "x",
+                                  "started": "now", "budget_s": 10})
+    gc.run_stages(ctx, report, [gc.StageDef("first", "", 5, 5, look), gc.StageDef("second", "", 5, 5, look)], 10)
+    first, second = seen
+    assert [s["status"] for s in first["stages"]] == ["running", "not run"] and first["finished"] is False
+    assert [s["status"] for s in second["stages"]] == ["passed", "running"]
+
+
+def test_the_bench_copy_of_the_tiny_overrides_is_the_tests_own():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import tiny
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert tiny.TINY_OVERRIDES == TINY_OVERRIDES
+
+
+def test_flop_counts_the_thresholds_rest_on():
+    """FLOPs per 256x256 image, counted on the meta device: the figures of the issue's estimates."""
+    gc = _load_gpu_check()
+    sys.path.insert(0, str(REPO / "bench"))
+    import tiny
+
+    unet = gc.count_flops(tiny.config("imagenet_256", False), "model", 256)
+    classifier = gc.count_flops(tiny.config("imagenet_256_cc", False), "classifier", 256, with_input_grad=True)
+    assert unet / 1e12 == pytest.approx(2.24, abs=0.01)
+    assert classifier / 1e12 == pytest.approx(0.30, abs=0.01)
+
+
+def test_replayed_noise_is_the_same_wherever_it_is_drawn():
+    gc = _load_gpu_check()
+    from ddrm_helpers import sampler
+
+    with gc.replayed_noise(3):
+        first = sampler.torch.randn(2, 5, generator=None, device="cpu", dtype=torch.float32)
+        assert sampler.torch.where is torch.where
+    with gc.replayed_noise(3):
+        again = sampler.torch.randn(2, 5, generator=None, device="meta", dtype=torch.float16)
+    assert sampler.torch is torch
+    assert again.device.type == "meta" and again.dtype == torch.float16 and again.shape == first.shape
+    with gc.replayed_noise(3):
+        assert torch.equal(sampler.torch.randn(2, 5, device="cpu", dtype=torch.float32), first)
+
+
+def test_arguments():
+    gc = _load_gpu_check()
+    with pytest.raises(SystemExit):
+        gc.parse_args([])
+    with pytest.raises(SystemExit):
+        gc.parse_args(["out", "--only", "forward,nonsense"])
+    assert gc.parse_args(["out", "--only", "forward, profile"]).only == ["forward", "profile"]
