@@ -186,3 +186,16 @@ def test_arguments():
     with pytest.raises(SystemExit):
         gc.parse_args(["out", "--only", "forward,nonsense"])
     assert gc.parse_args(["out", "--only", "forward, profile"]).only == ["forward", "profile"]
+
+
+@pytest.mark.parametrize("name", ["celeba_hq DDPM UNet", "imagenet_256_cc ADM UNet", "imagenet_256_cc classifier"])
+def test_bench_models_builds_networks_that_run_where_they_are_built(name):
+    """bench/models.py builds under ``with torch.device(device)``: on a GPU every row failed with a
+    device mix (the timestep table stayed on the CPU). The meta device shows the same on the CPU."""
+    spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "models.py")
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    network, side = models.build(name, False, torch.device("meta"))
+    args = models.inputs(network, 2, side, torch.device("meta"))
+    assert all(a.device.type == "meta" for a in args)
+    assert network(*args).shape[0] == 2
