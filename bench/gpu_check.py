@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -164,10 +165,10 @@ class Report:
         self.out = out
         self.meta = meta
         self.stages: list[Stage] = []
-        self.started = time.monotonic()
+        self.meta.setdefault("started_epoch", time.time())
 
     def write(self, finished: bool = False) -> None:
-        self.meta["seconds"] = round(time.monotonic() - self.started, 2)
+        self.meta["seconds"] = round(time.time() - self.meta["started_epoch"], 2)
         self.meta["finished"] = finished
         data = {**self.meta, "stages": [s.to_dict() for s in self.stages]}
         _atomic_write(self.out / "report.json", json.dumps(data, indent=1, default=str) + "\n")
@@ -285,25 +286,53 @@ def _alarm(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_stages(ctx: Context, report: Report, stages: list[StageDef], budget_s: float) -> int:
-    """Run ``stages`` in order, each under its cap and what is left of the budget; returns the exit status."""
-    deadline = report.started + budget_s
+GRACE_S = 20.0  # past a stage's cap, how long a call that ignores the alarm may run before the watchdog acts
+
+
+def run_stages(ctx: Context, report: Report, stages: list[StageDef], deadline: float,
+               resume_after: str | None = None) -> int:
+    """Run ``stages`` in order, each under its cap and what is left until ``deadline`` (wall-clock
+    seconds, ``time.time()``); returns the exit status.
+
+    A stage past its cap gets StageTimeout from SIGALRM, which Python delivers between bytecodes. A
+    stage stuck in one long call (a C function that never returns to Python) cannot be interrupted
+    so: a watchdog thread then records it as timed out and replaces the process with a fresh one
+    (``os.execv``) that resumes after it (``resume_after``, the stages before it read back from
+    report.json), so the next stage still runs.
+    """
     records = []
+    previous = {}
+    if resume_after is not None:
+        saved = json.loads((report.out / "report.json").read_text())
+        previous = {s["name"]: s for s in saved["stages"]}
+    resumed = resume_after is not None
+    failed_to_run = False
     for d in stages:
         cap = (d.smoke_cap_s if ctx.smoke else d.cap_s) * ctx.args.cap_scale
         record = Stage(d.name, d.title, cap, smoke=ctx.smoke)
+        if resumed and d.name in previous:
+            loaded = dict(previous[d.name])
+            loaded["checks"] = [Check(**c) for c in loaded["checks"]]
+            record = Stage(**loaded, smoke=ctx.smoke)
+            failed_to_run |= record.status in ("timed out", "error")
+        if d.name == resume_after:
+            resumed = False
         records.append(record)
         report.stages.append(record)
     report.write()
-    failed_to_run = False
+    skip_until = resume_after
     for d, record in zip(stages, records):
-        left = deadline - time.monotonic()
+        if skip_until is not None:
+            if d.name == skip_until:
+                skip_until = None
+            continue
+        left = deadline - time.time()
         print(f"\n== {d.name}: {d.title} (cap {record.cap_s:g} s, {max(left, 0):.0f} s of the budget left)", flush=True)
         if d.needs_cuda and not ctx.cuda:
             record.status, record.reason = "skipped: no CUDA", d.needs_cuda
         elif d.optional and not getattr(ctx.args, d.optional.strip("-").replace("-", "_"), False):
             record.status, record.reason = f"skipped: not asked for ({d.optional})", "optional stage"
-        elif ctx.args.only and d.name not in ctx.args.only:
+        elif ctx.args.only and d.name not in ctx.args.only and d.name != "environment":  # it informs the rest
             record.status, record.reason = "skipped: not in --only", ""
         elif left < 3:
             record.status, record.reason = "skipped: out of time", f"{max(left, 0):.1f} s of the budget left"
@@ -313,6 +342,7 @@ def run_stages(ctx: Context, report: Report, stages: list[StageDef], budget_s: f
             record.status = "running"
             report.write()
             start = time.monotonic()
+            watchdog = _Watchdog(ctx, report, record, cap, deadline)
             try:
                 with _alarm(cap):
                     d.run(ctx, record)
@@ -329,6 +359,7 @@ def run_stages(ctx: Context, report: Report, stages: list[StageDef], budget_s: f
             else:
                 record.status = "failed" if record.failed_checks() else "passed"
             finally:
+                watchdog.stop()
                 record.seconds = round(time.monotonic() - start, 2)
                 _cleanup(ctx)
         if record.reason:
@@ -339,6 +370,57 @@ def run_stages(ctx: Context, report: Report, stages: list[StageDef], budget_s: f
     report.write(finished=True)
     _print_summary(report)
     return 1 if failed_to_run else 0
+
+
+class _Watchdog:
+    """Past ``cap + GRACE_S``, marks the stage timed out, writes the reports and re-executes this
+    program to resume after the stage (see :func:`run_stages`)."""
+
+    def __init__(self, ctx: Context, report: Report, record: Stage, cap: float, deadline: float):
+        self.ctx, self.report, self.record, self.deadline = ctx, report, record, deadline
+        self.lock = threading.Lock()
+        self.done = False
+        self.start = time.monotonic()
+        self.timer = threading.Timer(cap + GRACE_S * ctx.args.cap_scale, self.fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.done = True
+        self.timer.cancel()
+
+    def fire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+            record = self.record
+            record.status = "timed out"
+            grace = GRACE_S * self.ctx.args.cap_scale
+            record.reason = (f"stuck in one call {grace:.0f} s past its cap (it ignored the alarm); the stages "
+                             "after it ran in a fresh process")
+            record.seconds = round(time.monotonic() - self.start, 2)
+            self.report.write()
+            print(f"  -> {record.status}: {record.reason}", flush=True)
+            argv = _without_resume(sys.argv)
+            argv += ["--resume-after", record.name, "--deadline", repr(self.deadline),
+                     "--work-dir", str(self.ctx.tmp)]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, *argv])
+
+
+def _without_resume(argv: list[str]) -> list[str]:
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+        elif arg in ("--resume-after", "--deadline", "--work-dir"):
+            skip = 1
+        elif not arg.startswith(("--resume-after=", "--deadline=", "--work-dir=")):
+            out.append(arg)
+    return out
 
 
 def _cleanup(ctx: Context) -> None:
@@ -1171,8 +1253,11 @@ def parse_args(argv):
     parser.add_argument("--cap-scale", type=float, default=1.0,
                         help="multiply every stage's cap (a slow or busy machine; the budget still applies)")
     parser.add_argument("--only", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
-                        help=f"comma-separated stages, of: {', '.join(STAGE_NAMES)}")
+                        help=f"comma-separated stages, of: {', '.join(STAGE_NAMES)} (environment always runs)")
     parser.add_argument("--compile-child", metavar="RESULT", help=argparse.SUPPRESS)
+    parser.add_argument("--resume-after", help=argparse.SUPPRESS)  # set by the watchdog's re-execution
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--work-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.compile_child is None and not args.out:
         parser.error("give the output folder, e.g. python bench/gpu_check.py /tmp/gpu_report")
@@ -1191,17 +1276,25 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = args.budget if args.budget is not None else (50.0 if args.smoke else 460.0)
-    meta = {
-        "format": 1, "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "mode": "smoke" if args.smoke else "full", "device": str(device), "torch": torch.__version__,
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "budget_s": budget,
-        "gpu_figures": device.type == "cuda",
-    }
-    print(f"GPU check: {meta['mode']} run on {device}, budget {budget:g} s, reports in {out}", flush=True)
-    report = Report(out, meta)
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
-        ctx = Context(out, args.smoke, device, args, Path(tmp))
-        return run_stages(ctx, report, STAGES, budget)
+    if args.resume_after:  # a fresh process after a stuck stage: the same run goes on
+        meta = {k: v for k, v in json.loads((out / "report.json").read_text()).items() if k != "stages"}
+        deadline = args.deadline
+        print(f"GPU check: resuming after the stuck stage '{args.resume_after}'", flush=True)
+    else:
+        meta = {
+            "format": 1, "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "mode": "smoke" if args.smoke else "full", "device": str(device), "torch": torch.__version__,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "budget_s": budget,
+            "gpu_figures": device.type == "cuda", "started_epoch": time.time(),
+        }
+        deadline = meta["started_epoch"] + budget
+        print(f"GPU check: {meta['mode']} run on {device}, budget {budget:g} s, reports in {out}", flush=True)
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    try:
+        ctx = Context(out, args.smoke, device, args, work)
+        return run_stages(ctx, Report(out, meta), STAGES, deadline, resume_after=args.resume_after)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def test_stage_caps_errors_and_budget(tmp_path):
     report = gc.Report(tmp_path, {"command": "test", "mode": "smoke", "device": "cpu", "torch": "x",
                                   "started": "now", "budget_s": 6})
     start = time.monotonic()
-    status = gc.run_stages(ctx, report, stages, budget_s=6)
+    status = gc.run_stages(ctx, report, stages, time.time() + 6)
     assert time.monotonic() - start < 10
     assert status == 1  # a stage timed out or broke
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -137,10 +137,47 @@ def test_reports_are_written_before_a_stage_ends(tmp_path):
     ctx = gc.Context(tmp_path, False, torch.device("cpu"), args, tmp_path)
     report = gc.Report(tmp_path, {"command": "test", "mode": "full", "device": "cpu", "torch": "x",
                                   "started": "now", "budget_s": 10})
-    gc.run_stages(ctx, report, [gc.StageDef("first", "", 5, 5, look), gc.StageDef("second", "", 5, 5, look)], 10)
+    gc.run_stages(ctx, report, [gc.StageDef("first", "", 5, 5, look), gc.StageDef("second", "", 5, 5, look)],
+                  time.time() + 10)
     first, second = seen
     assert [s["status"] for s in first["stages"]] == ["running", "not run"] and first["finished"] is False
     assert [s["status"] for s in second["stages"]] == ["passed", "running"]
+
+
+STUCK_DRIVER = """
+import os, signal, sys, time
+sys.path.insert(0, {bench!r})
+import gpu_check as gc
+
+def stuck(ctx, st):
+    st.check("measured before it got stuck", 1.0, True, "kept")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM}})  # the alarm cannot reach it: a stuck C call
+    time.sleep(60)
+
+def after(ctx, st):
+    st.check("ran after the stuck stage", True, True, "runs")
+
+gc.STAGES = [gc.StageDef("stuck", "never returns", 0.5, 0.5, stuck), gc.StageDef("after", "runs", 5, 5, after)]
+gc.GRACE_S = 1.0
+sys.exit(gc.main())
+"""
+
+
+def test_a_stage_stuck_in_one_call_is_timed_out_and_the_next_runs_in_a_fresh_process(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(STUCK_DRIVER.format(bench=str(REPO / "bench")))
+    out = tmp_path / "report"
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(driver), str(out), "--smoke", "--budget", "40"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 30, "the watchdog did not act"
+    assert done.returncode == 1, done.stdout + done.stderr  # a stage timed out
+    report = json.loads((out / "report.json").read_text())
+    stuck, after = report["stages"]
+    assert stuck["status"] == "timed out" and "stuck in one call" in stuck["reason"]
+    assert stuck["checks"][0]["name"] == "measured before it got stuck"
+    assert after["status"] == "passed" and report["finished"] is True
+    assert "resuming after the stuck stage 'stuck'" in done.stdout
 
 
 def test_the_bench_copy_of_the_tiny_overrides_is_the_tests_own():
