@@ -650,16 +650,16 @@ def stage_correctness(ctx: Context, st: Stage) -> None:
     files = _tiny_files(ctx)
     table = "runs (tiny random-weight networks through load_pretrained)"
     st.table(table, ["config", "task", "finite", "same seed, same bits", "sync-free loop",
-                     "CPU vs GPU max |diff| (TF32 off)", "seconds"])
+                     "GPU vs CPU, max |diff| / max |cpu| (TF32 off)", "seconds"])
     for name, (cfg, paths) in files.items():
         networks = load_pretrained(cfg, paths=paths, device=ctx.device)
         fp16_wanted = ctx.cuda and bool(cfg.model.get("use_fp16", False))
-        torso = [n for n in networks if n is not None and hasattr(n, "input_blocks")]
-        dtypes = sorted({str(n.input_blocks[0][0].weight.dtype).replace("torch.", "") for n in torso})
-        if torso:
-            want = "float16" if fp16_wanted else "float32"
-            st.check(f"{name}: torso precision on {ctx.device.type}", ", ".join(dtypes), dtypes == [want],
-                     f"{want} (the config's use_fp16, on CUDA only)")
+        first_convs = [n.input_blocks[0][0] if hasattr(n, "input_blocks") else n.conv_in for n in networks
+                       if n is not None]
+        dtypes = sorted({str(conv.weight.dtype).replace("torch.", "") for conv in first_convs})
+        want = "float16" if fp16_wanted else "float32"
+        st.check(f"{name}: torso precision on {ctx.device.type}", ", ".join(dtypes), dtypes == [want],
+                 f"{want} (the config's use_fp16, on CUDA only)")
         cpu_networks = load_pretrained(cfg, paths=paths, device="cpu") if ctx.cuda else None
         side = cfg.data.image_size
         for task in tasks:
@@ -694,8 +694,8 @@ def stage_correctness(ctx: Context, st: Stage) -> None:
             if ctx.cuda:
                 st.check(f"{name} {task}: loop under set_sync_debug_mode('error')", sync_free, sync_free is True,
                          "no host synchronisation")
-                st.check(f"{name} {task}: GPU vs CPU, float32, TF32 off", diff, diff <= 1e-3,
-                         "max |gpu - cpu| <= 1e-3 (images in [-1, 1])")
+                st.check(f"{name} {task}: GPU vs CPU, float32, TF32 off", diff, diff <= 1e-4,
+                         "max |gpu - cpu| / max |cpu| <= 1e-4 (float32 against float64 on the CPU: 1e-6)")
             else:
                 st.skip(f"{name} {task}: loop under set_sync_debug_mode('error')", "no CUDA")
                 st.skip(f"{name} {task}: GPU vs CPU, float32, TF32 off", "no CUDA")
@@ -703,7 +703,8 @@ def stage_correctness(ctx: Context, st: Stage) -> None:
 
 
 def _cpu_against_gpu(ctx, cpu_networks, task, side, y, classes) -> float:
-    """The restoration of the float32 networks on the CPU and on the GPU (TF32 off), with the same noise."""
+    """The restoration of the float32 networks on the GPU (TF32 off) against the CPU's, with the same
+    noise: ``max |gpu - cpu| / max |cpu|`` (random-weight networks restore far outside [-1, 1])."""
     gpu32 = type(cpu_networks)(*(None if n is None else copy.deepcopy(n).to(ctx.device) for n in cpu_networks))
     op_gpu = make_degradation(task, side, device=ctx.device)
     op_cpu = make_degradation(task, side)
@@ -712,7 +713,7 @@ def _cpu_against_gpu(ctx, cpu_networks, task, side, y, classes) -> float:
             on_gpu = _restore(gpu32, op_gpu, y, ctx.steps, classes).cpu()
         with replayed_noise(5):
             on_cpu = _restore(cpu_networks, op_cpu, y.cpu(), ctx.steps, None if classes is None else classes.cpu())
-    return (on_gpu - on_cpu).abs().max().item()
+    return ((on_gpu - on_cpu).abs().max() / on_cpu.abs().max()).item()
 
 
 # The networks timed, in order: (label, config, role, torso dtypes, variants: "all" or "default")
@@ -1066,13 +1067,15 @@ def stage_precision(ctx: Context, st: Stage) -> None:
         with tf32(False) if model is model32 else contextlib.nullcontext():
             outs.append(ddrm_sample(model, y_meas, op, 0.1, steps=ctx.steps, classifier=classifier if guided else None,
                                     classes=torch.tensor([3], device=dev) if guided else None,
-                                    generator=generator, progress=False).clamp(-1, 1))
-    mse = (outs[0] - outs[1]).double().pow(2).mean().item()
-    psnr = 10 * math.log10(4 / mse) if mse > 0 else float("inf")
+                                    generator=generator, progress=False))
     what = "Config 3 guided" if guided else f"{which}, unguided"
-    st.check(f"full restoration ({what}, sr4, {ctx.steps} steps): float16 vs float32 PSNR", psnr, psnr >= 30,
-             ">= 30 dB (range [-1, 1])", unit="dB")
-    st.check("full restoration: max |float16 - float32|", (outs[0] - outs[1]).abs().max().item(), None, "")
+    error = rel(outs[1], outs[0])
+    st.check(f"full restoration ({what}, sr4, {ctx.steps} steps): float16 torso vs float32", error, error <= 2e-2,
+             "||d|| / ||x32|| <= 2e-2 (random weights restore far outside [-1, 1]: relative, not PSNR)")
+    clipped = [o.clamp(-1, 1) for o in outs]
+    mse = (clipped[0] - clipped[1]).double().pow(2).mean().item()
+    st.check("full restoration clipped to [-1, 1]: PSNR float16 vs float32",
+             10 * math.log10(4 / mse) if mse > 0 else float("inf"), None, "", unit="dB")
 
 
 def stage_loading(ctx: Context, st: Stage) -> None:

@@ -216,6 +216,29 @@ def test_replayed_noise_is_the_same_wherever_it_is_drawn():
         assert torch.equal(sampler.torch.randn(2, 5, device="cpu", dtype=torch.float32), first)
 
 
+def test_replayed_noise_reaches_the_sampler():
+    """CPU against GPU needs the same noise on both: under replayed_noise the generator's seed no
+    longer matters, and the GPU-against-CPU figure of two CPU runs is exactly 0."""
+    gc = _load_gpu_check()
+    import tiny
+
+    from ddrm_helpers import make_degradation
+    from ddrm_helpers.models import Pretrained
+
+    cfg = tiny.config("celeba_hq", True)
+    networks = Pretrained(tiny.build(cfg, "model", seed=0), None)
+    op = make_degradation("sr4", 32)
+    y = gc.measurement(op, 1, "cpu")
+    with gc.replayed_noise(5):
+        first = gc._restore(networks, op, y, 3, seed=0)
+    with gc.replayed_noise(5):
+        second = gc._restore(networks, op, y, 3, seed=1)
+    assert torch.equal(first, second)
+    assert not torch.equal(gc._restore(networks, op, y, 3, seed=0), gc._restore(networks, op, y, 3, seed=1))
+    ctx = gc.Context(REPO, True, torch.device("cpu"), gc.parse_args(["out", "--smoke"]), REPO)
+    assert gc._cpu_against_gpu(ctx, networks, "sr4", 32, y, None) == 0.0
+
+
 def test_arguments():
     gc = _load_gpu_check()
     with pytest.raises(SystemExit):
