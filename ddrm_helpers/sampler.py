@@ -260,7 +260,8 @@ class _CompiledNetwork:
     Each call marks a new CUDA-graph step, lays the weights out (channels-last) eagerly before the
     first compiled call (the compiled code does not change the weights), runs under the network's
     cuDNN settings, and returns a copy of the output: with CUDA graphs, the output's memory is reused
-    by the next replay.
+    by the next replay. (To pickle or deep-copy a model that was compiled here, ``del
+    model._ddrm_compiled`` first.)
     """
 
     def __init__(self, model, mode: str):
