@@ -29,6 +29,18 @@ A singular value at or below ``sqrt(eps(dtype)) * max(s)`` (3.5e-4 of the larges
 is treated as 0: ``ybar_i = (U^T y)_i / s_i`` would amplify the rounding of ``y`` by ``1 / s_i``.
 The operators stay exact; only the sampler declines to trust those coordinates. Blurs have such
 values (at 256 x 256, down to 1e-10 for ``deblur_aniso``).
+
+Inference mode: ``ddrm_sample`` may run inside ``torch.inference_mode()``; classifier guidance then
+takes its gradient outside inference mode, on copies of ``x_t``, ``t`` and the classes (the
+networks' weights must be ordinary tensors: load them outside inference mode, as usual).
+
+Compiled network: with the fast-path switch ``compile_mode`` set
+(``ddrm_helpers.models.set_fast_path(compile_mode="reduce-overhead")``, off by default), the
+diffusion network runs through ``torch.compile(model, mode=compile_mode, dynamic=False)``, compiled
+once per network, mode and batch size (torch keeps at most 8 compiled versions of a network class;
+past that it runs eager). ``"reduce-overhead"`` replays CUDA graphs: each step is one launch instead
+of one per kernel. Each output is copied before the next step overwrites it. The classifier stays
+eager. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -37,9 +49,11 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import SamplingError
+from .models.fastpath import cudnn_scope, fast_path, prepare_input
 from .schedule import alphas_cumprod, linear_betas, timestep_sequence
 from .validate import check_eta, check_sigma_0
 
@@ -123,6 +137,7 @@ def ddrm_sample(
     sigma_0 = float(sigma_0)
     device, dtype = y.device, y.dtype
     y = y.reshape(batch, -1)
+    model = _network_for_sampling(model)
 
     if betas is None:
         betas = linear_betas()
@@ -211,12 +226,60 @@ def _predict_noise(model, x: torch.Tensor, t: torch.Tensor, classes, learned_sig
 
 
 def _log_prob_gradient(classifier, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """``grad_x sum_b log softmax(classifier(x, t))[b, classes[b]]`` at ``x``."""
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
+    """``grad_x sum_b log softmax(classifier(x, t))[b, classes[b]]`` at ``x``.
+
+    Outside inference mode, also when called inside it: the inputs are copied to ordinary tensors
+    there (an inference tensor cannot be saved for the backward pass). The backward's convolutions
+    run under the same cuDNN settings as the forward's (:func:`~ddrm_helpers.models.fastpath.cudnn_scope`).
+    """
+    with torch.inference_mode(False), torch.enable_grad(), cudnn_scope(x):
+        x_in, t, classes = (v.clone() if v.is_inference() else v for v in (x.detach(), t, classes))
+        x_in.requires_grad_(True)
         log_probs = torch.log_softmax(classifier(x_in, t), dim=-1)
         chosen = log_probs.gather(1, classes.reshape(-1, 1)).sum()
         return torch.autograd.grad(chosen, x_in)[0].to(x.dtype)
+
+
+def _compile(model, mode: str):
+    """``torch.compile`` as the sampler uses it (a name of its own, so that tests can stand in for it)."""
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
+def _network_for_sampling(model):
+    """``model``, or its compiled form when the fast-path switch ``compile_mode`` is set."""
+    mode = fast_path().compile_mode
+    if mode is None:
+        return model
+    return _CompiledNetwork(model, mode)
+
+
+class _CompiledNetwork:
+    """``model`` through :func:`_compile` (made once per model and mode, kept in the model's
+    ``__dict__``, so that it goes when the model goes).
+
+    Each call marks a new CUDA-graph step, lays the weights out (channels-last) eagerly before the
+    first compiled call (the compiled code does not change the weights), runs under the network's
+    cuDNN settings, and returns a copy of the output: with CUDA graphs, the output's memory is reused
+    by the next replay. (To pickle or deep-copy a model that was compiled here, ``del
+    model._ddrm_compiled`` first.)
+    """
+
+    def __init__(self, model, mode: str):
+        self.model = model
+        cache = getattr(model, "__dict__", None)
+        compiled = cache.setdefault("_ddrm_compiled", {}) if cache is not None else {}
+        if mode not in compiled:
+            compiled[mode] = _compile(model, mode)
+        self.compiled = compiled[mode]
+        modules = model.modules() if isinstance(model, nn.Module) else ()
+        self.first_conv = next((m for m in modules if isinstance(m, nn.Conv2d)), None)
+
+    def __call__(self, x: torch.Tensor, *rest) -> torch.Tensor:
+        if self.first_conv is not None:
+            x = prepare_input(self.model, self.first_conv, x)
+        torch.compiler.cudagraph_mark_step_begin()
+        with cudnn_scope(x):
+            return self.compiled(x, *rest).clone()
 
 
 def _check(y, degradation, sigma_0, eta, eta_b, classifier, classes, generator) -> None:

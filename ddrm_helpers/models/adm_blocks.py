@@ -139,10 +139,12 @@ def qkv_attention(
     b, width, tokens = qkv.shape
     head_channels = width // (3 * heads)
     layout = (b, heads, 3, head_channels, tokens) if legacy_order else (b, 3, heads, head_channels, tokens)
-    # -> [3, B, heads, T, head_channels]: q, k and v with the tokens as rows
-    q, k, v = qkv.reshape(layout).movedim(2 if legacy_order else 1, 0).transpose(-1, -2)
+    # -> [3, B, heads, T, head_channels]: q, k and v with the tokens as rows, made contiguous in one
+    # copy (the fused attention kernels need each row's channels side by side)
+    order = (2, 0, 1, 4, 3) if legacy_order else (1, 0, 2, 4, 3)
+    q, k, v = qkv.reshape(layout).permute(order).contiguous()
     if queries is not None:
-        q = q[:, :, :queries]
+        q = q[:, :, :queries].contiguous()
     out = attention(q, k, v)
     return out.transpose(-1, -2).reshape(b, heads * head_channels, -1)
 

@@ -31,6 +31,7 @@ from .adm_blocks import (
     qkv_attention,
     torso_dtype,
 )
+from .fastpath import cudnn_scope, prepare_input
 from .layers import SinusoidalTimesteps, check_image, check_timesteps
 
 
@@ -63,7 +64,8 @@ class ADMClassifier(nn.Module):
     ``t`` one timestep per image (``[B]``), logits ``[B, num_classes]`` in the dtype of ``x``.
 
     Like :class:`~.adm_unet.ADMUNet`, the torso (input and middle blocks) runs in the dtype of its
-    convolutions (:meth:`convert_torso`), the rest in float32.
+    convolutions (:meth:`convert_torso`), the rest in float32. On CUDA the fast-path switches
+    (:mod:`.fastpath`) apply.
     """
 
     def __init__(
@@ -105,8 +107,9 @@ class ADMClassifier(nn.Module):
                 "resize the images to the classifier's image_size"
             )
         emb = self.time_embed(self.timestep_features(t).to(self.time_embed[0].weight.dtype))
-        h = x.to(torso_dtype(self.input_blocks))
-        for block in self.input_blocks:
-            h = block(h, emb)
-        h = self.middle_block(h, emb)
-        return self.out(h.to(x.dtype))
+        with cudnn_scope(x):
+            h = prepare_input(self, self.input_blocks[0][0], x).to(torso_dtype(self.input_blocks))
+            for block in self.input_blocks:
+                h = block(h, emb)
+            h = self.middle_block(h, emb)
+            return self.out(h.to(x.dtype))

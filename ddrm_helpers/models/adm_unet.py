@@ -34,6 +34,7 @@ from .adm_blocks import (
     norm,
     torso_dtype,
 )
+from .fastpath import cudnn_scope, prepare_input
 from .layers import SinusoidalTimesteps, check_image, check_timesteps
 
 
@@ -47,7 +48,8 @@ class ADMUNet(nn.Module):
     The torso (input, middle and output blocks) runs in the dtype of its convolutions, which
     :meth:`convert_torso` sets (float16 on a GPU, as the checkpoints were trained); the timestep
     MLP, the class embedding, every norm, the attention softmax and the output head stay in float32.
-    The output comes back in the dtype of ``x``.
+    The output comes back in the dtype of ``x``, NCHW-contiguous. On CUDA the fast-path switches
+    (:mod:`.fastpath`) apply: channels-last weights and activations, cuDNN benchmark mode.
     """
 
     def __init__(
@@ -109,15 +111,16 @@ class ADMUNet(nn.Module):
                 "without class labels, or use the class-conditional config imagenet_256_cc"
             )
 
-        h = x.to(torso_dtype(self.input_blocks))
-        skips = []
-        for block in self.input_blocks:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h.to(x.dtype))
+        with cudnn_scope(x):
+            h = prepare_input(self, self.input_blocks[0][0], x).to(torso_dtype(self.input_blocks))
+            skips = []
+            for block in self.input_blocks:
+                h = block(h, emb)
+                skips.append(h)
+            h = self.middle_block(h, emb)
+            for block in self.output_blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            return self.out(h.to(x.dtype)).contiguous()
 
 
 def _class_labels(y: torch.Tensor | None, batch: int, num_classes: int) -> torch.Tensor:

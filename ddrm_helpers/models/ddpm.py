@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fastpath import cudnn_scope, prepare_input
 from .layers import GroupNorm, SinusoidalTimesteps, attention, check_image, check_timesteps
 
 NORM_EPS = 1e-6
@@ -84,9 +85,16 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         h = self.norm(x)
-        # [B, C, H, W] -> [B, HW, C]: positions are the tokens, channels the features
-        q, k, v = (proj(h).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        out = attention(q, k, v).transpose(1, 2).reshape(b, c, height, width)
+        # [B, C, H, W] -> [B, HW, C]: positions are the tokens, channels the features, contiguous
+        # for the fused attention kernels (already so when h is channels-last, else one copy each)
+        q, k, v = (
+            proj(h).permute(0, 2, 3, 1).reshape(b, height * width, c).contiguous() for proj in (self.q, self.k, self.v)
+        )
+        out = attention(q, k, v)
+        if x.is_contiguous(memory_format=torch.channels_last):  # [B, HW, C] is that layout already
+            out = out.reshape(b, height, width, c).permute(0, 3, 1, 2)
+        else:
+            out = out.transpose(1, 2).reshape(b, c, height, width)
         return x + self.proj_out(out)
 
 
@@ -237,10 +245,11 @@ class DDPMUNet(nn.Module):
         check_image(x, self.in_channels, self.multiple, "The DDPM UNet")
         check_timesteps(t, x.shape[0], "The DDPM UNet")
         emb = self.temb(t)
-        skips = [self.conv_in(x)]
-        for level in self.down:
-            skips += level(skips[-1], emb)
-        h = self.mid(skips[-1], emb)
-        for level in reversed(self.up):
-            h = level(h, emb, [skips.pop() for _ in level.block])
-        return self.conv_out(F.silu(self.norm_out(h)))
+        with cudnn_scope(x):
+            skips = [self.conv_in(prepare_input(self, self.conv_in, x))]
+            for level in self.down:
+                skips += level(skips[-1], emb)
+            h = self.mid(skips[-1], emb)
+            for level in reversed(self.up):
+                h = level(h, emb, [skips.pop() for _ in level.block])
+            return self.conv_out(F.silu(self.norm_out(h))).contiguous()

@@ -117,7 +117,7 @@ def load_pretrained(
     cache_key = (
         json.dumps(config.to_dict(), sort_keys=True, default=repr),
         tuple((role, *_file_identity(path)) for role, path in sorted(paths.items())),
-        str(device),
+        device_key(device),
         tuple(sorted((role, str(dtype)) for role, dtype in dtypes.items())),
     )
     if cache_key not in _cache:
@@ -132,6 +132,24 @@ def load_pretrained(
 def clear_pretrained_cache() -> None:
     """Forget every network :func:`load_pretrained` returned, so that their memory can be freed."""
     _cache.clear()
+
+
+def device_key(device: str | torch.device) -> str:
+    """The device as the cache knows it: one name for one device.
+
+    ``"cuda"`` means the current CUDA device, so it is ``"cuda:0"`` (or whichever is current) like
+    ``"cuda:0"`` itself; the CPU is ``"cpu"`` with or without an index.
+
+    >>> device_key("cuda"), device_key(torch.device("cuda", 0)), device_key("cpu:0")
+    ('cuda:0', 'cuda:0', 'cpu')
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "cpu"
+    index = device.index
+    if index is None:
+        index = torch.cuda.current_device() if device.type == "cuda" and torch.cuda.is_available() else 0
+    return f"{device.type}:{index}"
 
 
 def _default_device() -> torch.device:
