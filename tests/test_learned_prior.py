@@ -245,7 +245,7 @@ def test_selftest_passes_and_draws(monkeypatch):
 
 
 def test_selftest_command_exits_0_and_saves_the_figure(tmp_path, capsys):
-    assert selftest_module.main(["--device", "cpu", "--digits", "4", "--figure", str(tmp_path / "check.png")]) == 0
+    assert selftest_module.main(["--device", "cpu", "--figure", str(tmp_path / "check.png")]) == 0
     assert "PASS" in capsys.readouterr().out and (tmp_path / "check.png").stat().st_size > 10_000
     assert selftest_module.main(["--samples", "1"]) == 2
 
