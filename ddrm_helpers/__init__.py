@@ -30,6 +30,7 @@ Modules, one idea each:
 - ``display``      ``show_results`` / ``show_grid``: the inline figures
 - ``progress``     the restoration as it happens: ``collect_frames``, ``show_progress``, ``animate_progress``
 - ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
+- ``selftest``     does DDRM really restore here? A small trained digits prior, offline, in seconds
 - ``validate``     the checks of every argument, made before anything is downloaded or loaded
 - ``cli``          ``python -m ddrm_helpers ...``
 
@@ -63,7 +64,7 @@ _SOURCES = {
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 _SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "engine", "images", "metrics", "notebook", "paths",
-               "safefs", "summary", "validate", "verify")
+               "safefs", "selftest", "summary", "validate", "verify")
 
 __all__ = [
     "ArgumentError",

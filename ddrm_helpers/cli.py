@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
     evaluation.add_argument("--device", help="cuda, cpu, ... (default: cuda, one GPU per process, when available)")
     evaluation.set_defaults(handler=_eval)
+
+    # Its own options (--device, --figure, --digits, --samples; --help) are read by ddrm_helpers.selftest
+    check = commands.add_parser("selftest", add_help=False,
+                                help="does DDRM really restore here? A small digits prior that ships with the "
+                                     "package restores held-out digits, offline, in seconds (exit 0 / 1)")
+    check.add_argument("options", nargs=argparse.REMAINDER)
+    check.set_defaults(handler=_selftest)
     return parser
 
 
@@ -226,6 +233,12 @@ def _restore(args) -> int:
     return 0 if _ran_well(result) else 1
 
 
+def _selftest(args) -> int:
+    from .selftest import main as selftest_main
+
+    return selftest_main(args.options)
+
+
 def _eval(args) -> int:
     from .evaluation import evaluate
 
@@ -294,6 +307,9 @@ def _check_run_inputs(args, config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["selftest"]:  # options that start with '-' are its own: argparse would claim them
+        return _selftest(argparse.Namespace(options=argv[1:]))
     args = build_parser().parse_args(argv)  # --help and usage errors end here, before any heavy import
     try:
         check_arguments(args)

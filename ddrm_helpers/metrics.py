@@ -4,6 +4,8 @@ Both are computed as the DDRM paper and most restoration papers do: on the [0, 1
 three channels. SSIM is Wang et al. (2004) with an 11x11 Gaussian window of sigma 1.5,
 K1 = 0.01, K2 = 0.03, computed per channel over the valid region and averaged (the same numbers as
 ``skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)``).
+On an image smaller than the window (the 8x8 digits of the self-test prior) the window shrinks to
+the largest odd size that fits, 7 at 8x8, with the same sigma.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ def psnr(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(x: torch.Tensor, reference: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity, per image of a batch (inputs in [-1, 1], clipped)."""
+    """Structural similarity, per image of a batch (inputs in [-1, 1], clipped); the window shrinks
+    to the largest odd size that fits an image smaller than it."""
     x, reference = _unit(x).double(), _unit(reference).double()
+    side = min(x.shape[-2:])
+    if side < window:
+        window = side if side % 2 else side - 1
     channels = x.shape[1]
     offsets = torch.arange(window, dtype=torch.float64, device=x.device) - (window - 1) / 2
     g = torch.exp(-(offsets**2) / (2 * sigma**2))

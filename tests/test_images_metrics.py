@@ -107,6 +107,16 @@ def test_ssim_matches_scikit_image():
     assert ssim(a, a).item() == pytest.approx(1.0, abs=1e-9)
 
 
+def test_ssim_of_images_smaller_than_the_window_uses_the_largest_window_that_fits():
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 3, 8, 8, generator=gen) * 2 - 1
+    b = (a + 0.3 * torch.randn(2, 3, 8, 8, generator=gen)).clamp(-1, 1)
+    torch.testing.assert_close(ssim(b, a), ssim(b, a, window=7), rtol=0, atol=0)
+    assert bool(torch.isfinite(ssim(b, a)).all()) and bool((ssim(b, a) < 0.9).all())
+    assert ssim(a, a).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert ssim(a[:, :, :5, :6], a[:, :, :5, :6]).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)  # window 5
+
+
 def test_tensors_are_taken_exactly_in_the_packages_range():
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(3, 20, 30, generator=gen) * 2.4 - 1.2  # a noisy measurement may leave [-1, 1]
