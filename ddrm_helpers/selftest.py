@@ -282,15 +282,16 @@ def compare_half_precision(outcome: Outcome, device, dtype=None) -> tuple[float,
 
     from .config import load_config
     from .degradations import make_degradation
+    from .engine import resolve_settings, sample_measurements
     from .models import load_pretrained
     from .models.pretrained import Pretrained
-    from .runner import resolve_settings, sample_measurements
     from .sampler import sigma_0_from_sigma_y
     from .schedule import betas_from_config
 
     r = outcome.result
     config = load_config(PRIOR_CONFIG)
-    settings = resolve_settings(config, r.task, r.sigma_y, r.steps, r.eta, r.eta_b, r.seed, r.num_samples)
+    settings = resolve_settings(config, r.task, r.sigma_y, r.steps, r.eta, r.eta_b, r.seed, r.num_samples,
+                                batch_size=int(config.sampling.batch_size), classifier_scale=1.0)
     device = torch.device(device)
     networks = load_pretrained(config, device=device, paths=prior_store().paths(config, download=False,
                                                                                   progress=False))
@@ -300,9 +301,8 @@ def compare_half_precision(outcome: Outcome, device, dtype=None) -> tuple[float,
     sigma_0 = sigma_0_from_sigma_y(r.sigma_y)
     y = degradation.H(x) + sigma_0 * torch.randn(x.shape[0], degradation.measurement_dim, generator=generator,
                                                  device=device)
-    samples = sample_measurements(Pretrained(half_precision(networks.model, dtype), None), y, degradation, sigma_0,
-                                  settings, classes=None, classifier_scale=1.0, generator=generator,
-                                  batch_size=int(config.sampling.batch_size), progress=False,
+    samples = sample_measurements(Pretrained(half_precision(networks.model, dtype), None), y, degradation,
+                                  settings, classes=None, generator=generator, progress=False,
                                   betas=betas_from_config(config), learned_sigma=False).cpu()
     gap = mean_psnr(samples.mean(dim=1), r.original) - outcome.mean
     return gap, float((samples - r.samples).abs().max()) / 2

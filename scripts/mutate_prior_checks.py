@@ -28,7 +28,7 @@ MUTATIONS = {
     "range": ("images in [0, 1] instead of [-1, 1] (the loader)", "ddrm_helpers/images.py",
               "array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0",
               "array = np.asarray(image, dtype=np.float32) / 255.0"),
-    "schedule": ("the default 1000-step schedule instead of the config's (the runner)", "ddrm_helpers/runner.py",
+    "schedule": ("the default 1000-step schedule instead of the config's (the engine)", "ddrm_helpers/engine.py",
                  "betas=betas_from_config(config), learned_sigma=learns_sigma(config),",
                  "betas=None, learned_sigma=learns_sigma(config),"),
     "t-stride": ("the network told the next (lower) timestep: one sampling stride off", "ddrm_helpers/sampler.py",

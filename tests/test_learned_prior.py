@@ -23,11 +23,11 @@ import torch
 
 from ddrm_helpers import CheckpointStore, ddrm_sample, load_config, load_pretrained, make_degradation, run_config
 from ddrm_helpers import selftest as selftest_module
+from ddrm_helpers.engine import natural_inverse
 from ddrm_helpers.images import load_images
 from ddrm_helpers.models.ddpm import DDPMUNet
 from ddrm_helpers.registry import load_registry
 from ddrm_helpers.restore import restore_photo
-from ddrm_helpers.runner import natural_inverse
 from ddrm_helpers.schedule import betas_from_config
 from ddrm_helpers.selftest import (
     CHECKS,
