@@ -359,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits", type=int, default=DIGITS, help=f"held-out digits to restore (default {DIGITS})")
     parser.add_argument("--samples", type=int, default=SAMPLES, help=f"samples per digit (default {SAMPLES})")
     args = parser.parse_args(argv)
+    from . import validate
     from .errors import ConfigError
 
     try:
+        validate.check_device(args.device, "--device")
         report = selftest(args.device, digits=args.digits, samples=args.samples)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -248,6 +248,8 @@ def test_selftest_command_exits_0_and_saves_the_figure(tmp_path, capsys):
     assert selftest_module.main(["--device", "cpu", "--figure", str(tmp_path / "check.png")]) == 0
     assert "PASS" in capsys.readouterr().out and (tmp_path / "check.png").stat().st_size > 10_000
     assert selftest_module.main(["--samples", "1"]) == 2
+    assert selftest_module.main(["--device", "tpu"]) == 2
+    assert "error: --device tpu" in capsys.readouterr().err
 
 
 def test_selftest_fails_when_the_prior_is_not_the_trained_one(monkeypatch, tmp_path):
