@@ -1,8 +1,8 @@
 """Tiny random-weight networks of the three configs, for the benches (``bench/gpu_check.py``).
 
-``TINY_OVERRIDES`` is a copy of ``tests/tiny_models.py``'s (the benches do not import the tests; a
-test checks that the two agree): narrow and shallow networks with the real layouts, at 32x32
-(DDPM UNet) and 64x64 (guided-diffusion UNet and classifier).
+``TINY_OVERRIDES``: narrow and shallow networks with the real layouts, at 32x32 (DDPM UNet) and 64x64
+(guided-diffusion UNet and classifier). The tests' tiny checkpoints (``tests/tiny_models.py``) are
+built from this same definition.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ import torch
 
 from ddrm_helpers import build_classifier, build_model, load_config
 
+# guided-diffusion UNet at 64x64: levels of 32, 64, 96 and 128 channels, attention (heads of 32
+# channels) at 8x8 only: the lowest level and the middle block
 _TINY_ADM = {"model.num_channels": 32, "model.num_head_channels": 32, "model.num_res_blocks": 1,
              "model.attention_resolutions": "8", "model.image_size": 64, "data.image_size": 64}
 TINY_OVERRIDES = {
+    # DDPM UNet at 32x32: levels of 32 and 64 channels, attention at 16x16 (the lower level)
     "celeba_hq": {"model.ch": 32, "model.ch_mult": [1, 2], "model.num_res_blocks": 1,
                   "model.attn_resolutions": [16], "data.image_size": 32},
     "imagenet_256": _TINY_ADM,
+    # the classifier sees the images at the config's size; attention (heads of 64) at 8x8 only
     "imagenet_256_cc": {**_TINY_ADM, "classifier.image_size": 64, "classifier.classifier_width": 32,
                         "classifier.classifier_depth": 1, "classifier.classifier_attention_resolutions": "8"},
 }

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from .conftest import REPO
-from .tiny_models import TINY_OVERRIDES
 
 STAGES = ["environment", "correctness", "forward", "profile", "sampler", "memory", "precision", "loading", "compile"]
 CPU_STAGES = ["environment", "correctness", "forward", "profile", "sampler", "precision", "loading"]
@@ -178,15 +177,6 @@ def test_a_stage_stuck_in_one_call_is_timed_out_and_the_next_runs_in_a_fresh_pro
     assert stuck["checks"][0]["name"] == "measured before it got stuck"
     assert after["status"] == "passed" and report["finished"] is True
     assert "resuming after the stuck stage 'stuck'" in done.stdout
-
-
-def test_the_bench_copy_of_the_tiny_overrides_is_the_tests_own():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import tiny
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    assert tiny.TINY_OVERRIDES == TINY_OVERRIDES
 
 
 def test_flop_counts_the_thresholds_rest_on():

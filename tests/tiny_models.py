@@ -16,30 +16,27 @@ The guided-diffusion UNet and the classifier keep four levels: their levels foll
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from ddrm_helpers import build_classifier, build_model, load_config
-
 from .tiny_files import pinned_entry, write_registry
 
-# guided-diffusion UNet at 64x64: levels of 32, 64, 96 and 128 channels, attention (heads of 32
-# channels) at 8x8 only: the lowest level and the middle block
-_TINY_ADM = {"model.num_channels": 32, "model.num_head_channels": 32, "model.num_res_blocks": 1,
-             "model.attention_resolutions": "8", "model.image_size": 64, "data.image_size": 64}
-TINY_OVERRIDES = {
-    # DDPM UNet at 32x32: levels of 32 and 64 channels, attention at 16x16 (the lower level)
-    "celeba_hq": {"model.ch": 32, "model.ch_mult": [1, 2], "model.num_res_blocks": 1,
-                  "model.attn_resolutions": [16], "data.image_size": 32},
-    "imagenet_256": _TINY_ADM,
-    # the classifier sees the images at the config's size; attention (heads of 64) at 8x8 only
-    "imagenet_256_cc": {**_TINY_ADM, "classifier.image_size": 64, "classifier.classifier_width": 32,
-                        "classifier.classifier_depth": 1, "classifier.classifier_attention_resolutions": "8"},
-}
+
+def _bench_tiny():
+    """bench/tiny.py, the one definition of the tiny networks (the benches build them too)."""
+    spec = importlib.util.spec_from_file_location("ddrm_bench_tiny", Path(__file__).resolve().parent.parent
+                                                  / "bench" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TINY = _bench_tiny()
+TINY_OVERRIDES = _TINY.TINY_OVERRIDES
 FILES = {  # registry key: (config, role, file, subdir)
     "celeba_hq": ("celeba_hq", "model", "celeba_hq.ckpt", "celeba"),
     "imagenet_256_uncond": ("imagenet_256", "model", "256x256_diffusion_uncond.pt", "imagenet"),
@@ -52,15 +49,8 @@ FILES = {  # registry key: (config, role, file, subdir)
 def tiny_checkpoint_bytes(key: str, seed: int = 0) -> bytes:
     """The saved state dict of ``key``'s tiny network, the same bytes in every test (so, made once)."""
     config_name, role, _, _ = FILES[key]
-    saved_env = os.environ.pop("DDRM_CONFIG_OVERRIDES", None)  # the network is TINY_OVERRIDES' alone
-    try:
-        config = load_config(config_name, **TINY_OVERRIDES[config_name])
-    finally:
-        if saved_env is not None:
-            os.environ["DDRM_CONFIG_OVERRIDES"] = saved_env
-    with torch.random.fork_rng(devices=[]):  # the networks' own initialisation, made repeatable
-        torch.manual_seed(seed)
-        network = build_classifier(config) if role == "classifier" else build_model(config)
+    # TINY_OVERRIDES' network alone (whatever DDRM_CONFIG_OVERRIDES says), its own seeded initialisation
+    network = _TINY.build(_TINY.config(config_name, tiny=True), role, seed=seed)
     buffer = io.BytesIO()
     torch.save(network.state_dict(), buffer)
     return buffer.getvalue()
