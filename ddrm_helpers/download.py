@@ -159,6 +159,11 @@ def download_file(spec: CheckpointSpec, path: Path, say: Callable[[str], None], 
         lock.release()
 
 
+def part_record_path(path: Path) -> Path:
+    """Where the record beside a ``.part`` that this downloader created is kept (see ``_Download``)."""
+    return path.with_name(f".{path.name}.part.json")
+
+
 def _unwritable(spec: CheckpointSpec, path: Path, err: OSError) -> DownloadError:
     if is_disk_full(err):
         return DownloadError(f"Cannot download {spec.file}: the disk holding {path.parent} is full. Free some "
@@ -306,7 +311,7 @@ class _Download:
         self.part = path.with_name(path.name + ".part")
         # Beside a .part the store created: its inode, so that a file put there by anyone else is
         # never resumed (nor deleted).
-        self.part_record = path.with_name(f".{path.name}.part.json")
+        self.part_record = part_record_path(path)
         self.part_inode: tuple[int, int] | None = None
         self.attempts: list[_Attempt] = []
         self.hash: _StreamHash | None = None

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .download import format_size
+from .download import format_size, part_record_path
 from .errors import DownloadError
 from .paths import CHECKPOINT_DIR_ENV
 from .registry import CheckpointSpec
@@ -157,7 +157,7 @@ def describe(spec: CheckpointSpec, found: Verification, error: DownloadError | N
     if found.state == MISSING:
         part = found.path.with_name(found.path.name + ".part")
         if part.is_file() and not part.is_symlink():
-            if not found.path.with_name(f".{found.path.name}.part.json").is_file():
+            if not part_record_path(found.path).is_file():
                 return ("not downloaded yet; the .part file there was not left by this downloader: `download` "
                         "moves it aside and starts afresh")
             have = part.stat().st_size

@@ -80,11 +80,8 @@ def integer(value, label: str, what: str, error: type[ValueError] = SamplingErro
 def check_sigma_y(value, label: str = "sigma_y") -> float:
     """The measurement noise in [0, 1] pixel units (finite)."""
     low, high = SIGMA_Y_RANGE
-    what = f"a noise level in [{low:g}, {high:g}] pixel units (0.05 is 5% of the pixel range; 0 for none)"
-    value_ = real(value, label, what)
-    if not low <= value_ <= high:
-        raise _fail(SamplingError, label, value, what)
-    return value_
+    return _in_range(value, label, SIGMA_Y_RANGE,
+                     f"a noise level in [{low:g}, {high:g}] pixel units (0.05 is 5% of the pixel range; 0 for none)")
 
 
 def check_sigma_0(value, label: str = "sigma_0") -> float:
@@ -99,9 +96,13 @@ def check_sigma_0(value, label: str = "sigma_0") -> float:
 def check_eta(value, label: str = "eta") -> float:
     """DDRM's ``eta`` or ``eta_b``: a number in [0, 1]."""
     low, high = ETA_RANGE
-    what = f"a number in [{low:g}, {high:g}] (the paper uses eta=0.85, eta_b=1)"
+    return _in_range(value, label, ETA_RANGE, f"a number in [{low:g}, {high:g}] (the paper uses eta=0.85, eta_b=1)")
+
+
+def _in_range(value, label: str, bounds: tuple[float, float], what: str) -> float:
+    """A finite number within ``bounds`` (inclusive), else a :class:`SamplingError` saying ``what`` it is."""
     value_ = real(value, label, what)
-    if not low <= value_ <= high:
+    if not bounds[0] <= value_ <= bounds[1]:
         raise _fail(SamplingError, label, value, what)
     return value_
 
