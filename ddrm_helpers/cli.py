@@ -43,7 +43,7 @@ import argparse
 import os
 import sys
 
-from .config import available_configs
+from .config import available_configs, known_configs
 from .errors import ConfigError
 from .paths import CHECKPOINT_DIR_ENV
 
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add_common(sub):
-        sub.add_argument("--config", action="append", choices=available_configs(), metavar="NAME",
-                         help=f"a config ({', '.join(available_configs())}); repeat for several")
+        sub.add_argument("--config", action="append", choices=known_configs(), metavar="NAME",
+                         help=f"a config ({', '.join(known_configs())}); repeat for several")
         sub.add_argument("--dir", metavar="DIR",
                          help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
 
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(handler=_download)
 
     run = commands.add_parser("run", help="degrade and restore images with one or more configs")
-    run.add_argument("--config", action="append", required=True, choices=available_configs(), metavar="NAME",
-                     help=f"a config ({', '.join(available_configs())}); repeat for several")
+    run.add_argument("--config", action="append", required=True, choices=known_configs(), metavar="NAME",
+                     help=f"a config ({', '.join(known_configs())}); repeat for several")
     run.add_argument("--task", help="the degradation (default: the config's); see docs/ddrm.md")
     run.add_argument("--sigma-y", type=float, help="measurement noise in [0, 1] pixel units (default: the config's)")
     run.add_argument("--steps", type=int, help="DDRM steps (default: 20)")
@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = commands.add_parser("restore", help="restore your own degraded photo (small, grey, blurred, masked, "
                                   "noisy)")
-    restore.add_argument("--config", required=True, choices=available_configs(), metavar="NAME",
-                         help=f"the config ({', '.join(available_configs())})")
+    restore.add_argument("--config", required=True, choices=known_configs(), metavar="NAME",
+                         help=f"the config ({', '.join(known_configs())})")
     restore.add_argument("--task", required=True,
                          help="what happened to the photo: sr4, sr_bicubic4, color, inp_mask, deblur_gauss, deblur, "
                               "deno, ... (docs/real-photos.md)")
@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="evaluate a config on a data set: PSNR, SSIM, consistency, KID, "
                                      "FID; resumable; on many GPUs under torchrun")
-    evaluation.add_argument("--config", required=True, choices=available_configs(), metavar="NAME",
-                            help=f"the config ({', '.join(available_configs())})")
+    evaluation.add_argument("--config", required=True, choices=known_configs(), metavar="NAME",
+                            help=f"the config ({', '.join(known_configs())})")
     evaluation.add_argument("--data", required=True, metavar="PATH",
                             help="a folder of images, a folder of class subfolders (ImageFolder), or a list file "
                                  "(one path per line, optionally followed by an ImageNet class index)")

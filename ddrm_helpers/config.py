@@ -22,9 +22,12 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .paths import CONFIGS_DIR
+from .paths import CONFIGS_DIR, PRIOR_DIR
 
 CONFIG_NAMES = ("celeba_hq", "imagenet_256", "imagenet_256_cc")
+# The shipped digits prior (8x8 handwritten digits): a config like the others, whose checkpoint ships
+# with the package, so that every front end can be tried offline with a real learned prior.
+DIGITS_CONFIG = "digits"
 OVERRIDES_ENV = "DDRM_CONFIG_OVERRIDES"
 REQUIRED_SECTIONS = ("name", "checkpoints", "ddrm", "data", "model", "diffusion", "sampling")
 
@@ -93,8 +96,14 @@ class Config(Mapping):
 
 
 def available_configs() -> list[str]:
-    """Names of the configs shipped in ``configs/``."""
+    """Names of the three product configs, in ``configs/`` (what ``demo`` runs)."""
     return list(CONFIG_NAMES)
+
+
+def known_configs() -> list[str]:
+    """Every config a name reaches: the three product configs and ``digits``, the shipped prior
+    (what ``status`` lists and the command line accepts)."""
+    return [*CONFIG_NAMES, DIGITS_CONFIG]
 
 
 def learns_sigma(config: Mapping) -> bool:
@@ -110,7 +119,7 @@ def learns_sigma(config: Mapping) -> bool:
 
 
 def load_config(name_or_path: str | os.PathLike, **overrides: Any) -> Config:
-    """Load a config by name (``celeba_hq``, ``imagenet_256``, ``imagenet_256_cc``) or from a path.
+    """Load a config by name (``celeba_hq``, ``imagenet_256``, ``imagenet_256_cc``, ``digits``) or from a path.
 
     ``overrides`` are dotted keys, for example ``load_config("imagenet_256",
     **{"model.num_channels": 32, "ddrm.steps": 10})``. A key that the config does not have is an
@@ -157,15 +166,17 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     text = os.fspath(name_or_path)
     if text in CONFIG_NAMES:
         return CONFIGS_DIR / f"{text}.yml"
+    if text == DIGITS_CONFIG:
+        return PRIOR_DIR / "digits.yml"
     path = Path(text).expanduser()
     if path.suffix in (".yml", ".yaml") or os.sep in text or "/" in text:
         if not path.is_file():
             raise ConfigError(f"No config file at {path}")
         return path
-    hint = difflib.get_close_matches(text, CONFIG_NAMES, n=1)
+    hint = difflib.get_close_matches(text, known_configs(), n=1)
     did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
     raise ConfigError(
-        f"Unknown config '{text}'.{did_you_mean} Known configs: {', '.join(CONFIG_NAMES)}; "
+        f"Unknown config '{text}'.{did_you_mean} Known configs: {', '.join(known_configs())}; "
         "or give the path of a .yml file."
     )
 

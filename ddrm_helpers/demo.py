@@ -21,8 +21,16 @@ def demo_entries() -> list[dict]:
         return yaml.safe_load(f)["images"]
 
 
-def default_images(config) -> list[Path]:
-    """The shipped demo images that suit a config: the face for CelebA-HQ, the scenes for ImageNet."""
+DEFAULT_DIGITS = 4
+
+
+def default_images(config) -> list:
+    """The shipped demo images that suit a config: the face for CelebA-HQ, the scenes for ImageNet,
+    and for the digits prior its first held-out digits (arrays in [0, 1], which it never saw)."""
+    if config.data.dataset == "sklearn_digits":
+        from .selftest import heldout_digits
+
+        return heldout_digits(DEFAULT_DIGITS)[0]
     kind = "face" if config.data.dataset == "CelebA_HQ" else "scene"
     return [DEMO_DIR / e["file"] for e in demo_entries() if e["kind"] == kind]
 

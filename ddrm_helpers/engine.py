@@ -173,7 +173,9 @@ def load_networks(config: Config, store: CheckpointStore | None = None, *, devic
         failed = any(p.state == "failed" for p in problems)
         reason = "; ".join(p.phrase() for p in problems)
         where = "the download report above" if failed else "the checkpoint table above"
-        remedy = f"see {where}, or run `python -m ddrm_helpers download --config {config.name}`"
+        shipped = [p.remedy for p in problems if p.remedy]  # a file that ships with the package
+        remedy = shipped[0] if shipped else \
+            f"see {where}, or run `python -m ddrm_helpers download --config {config.name}`"
         return Skipped(config.name, config.display, reason, remedy, [p.file for p in problems])
 
     from .models import load_pretrained

@@ -34,6 +34,8 @@ CONFIGS_DIR = PROJECT_ROOT / "configs"
 MANIFESTS_DIR = CONFIGS_DIR / "manifests"
 # The shipped demo images live in the checkout, wherever DDRM_EXP_DIR points.
 DEMO_DIR = PROJECT_ROOT / "exp" / "datasets" / "demo"
+# The shipped digits prior (config, registry, checkpoint, held-out digits) lives inside the package.
+PRIOR_DIR = Path(__file__).resolve().parent / "prior"
 
 
 def exp_dir() -> Path:

@@ -24,10 +24,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, available_configs, load_config
+from .config import Config, known_configs, load_config
 from .download import RetryPolicy, _Reporter, download_file
 from .errors import ConfigError, DownloadError
-from .paths import checkpoint_root
+from .paths import PRIOR_DIR, PROJECT_ROOT, checkpoint_root
 from .registry import CheckpointSpec, get_spec, load_registry, plain_name_problem
 from .safefs import PathBlockedError, blocked_folder, blocked_message
 from .validate import check_folder
@@ -35,6 +35,25 @@ from .verify import BLOCKED, MISSING, UNREADABLE, Verification, verify_file
 
 # (root, key, sha256, urls) -> the error of the last failed download of that file in this process
 _failed: dict[tuple, DownloadError] = {}
+
+# The checkpoints that ship inside the package (the digits prior): every store finds them in place,
+# under PRIOR_DIR, when its own registry does not name them, and never downloads them.
+BUNDLED_REGISTRY = PRIOR_DIR / "registry.yml"
+
+
+def bundled_registry() -> dict[str, CheckpointSpec]:
+    """The registry of the files that ship with the package (``ddrm_helpers/prior/registry.yml``)."""
+    return load_registry(BUNDLED_REGISTRY)
+
+
+def bundled_remedy(spec: CheckpointSpec) -> str:
+    """What to do when a file that ships with the package is missing or damaged."""
+    path = PRIOR_DIR / spec.subdir / spec.file
+    try:
+        shown = path.relative_to(PROJECT_ROOT)
+    except ValueError:
+        shown = path
+    return f"reinstall the package, or in a checkout restore the file with `git checkout -- {shown}`"
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,7 @@ class Problem:
     path: Path | None
     state: str  # missing, corrupt, blocked, unreadable, failed (download failed), error (registry)
     detail: str
+    remedy: str | None = None  # for a file that ships with the package: how to get it back
 
     def phrase(self) -> str:
         """A few words for a one-line report: ``celeba_hq.ckpt is missing``."""
@@ -103,7 +123,12 @@ class CheckpointStore:
     # -- one file ----------------------------------------------------------------------------------
 
     def spec(self, key: str | CheckpointSpec) -> CheckpointSpec:
-        spec = key if isinstance(key, CheckpointSpec) else get_spec(key, self.registry)
+        if isinstance(key, CheckpointSpec):
+            spec = key
+        elif key not in self.registry and key in bundled_registry():
+            spec = bundled_registry()[key]
+        else:
+            spec = get_spec(key, self.registry)
         for name, value in (("file", spec.file), ("subdir", spec.subdir)):
             parts = value.split("/") if name == "subdir" else [value]
             for part in parts:
@@ -120,13 +145,23 @@ class CheckpointStore:
         is a link or a file: the store does not go through it.
         """
         spec = self.spec(key)
+        root = PRIOR_DIR if self.bundled(spec) else self.root
         parts = tuple(spec.subdir.split("/"))
-        blocked = blocked_folder(self.root, parts)
+        blocked = blocked_folder(root, parts)
         if blocked is not None:
             where, what = blocked
             raise PathBlockedError(blocked_message(where, what, f"the folder of {spec.file}"),
                                    key=spec.key, path=where)
-        return self.root.joinpath(*parts, spec.file)
+        return root.joinpath(*parts, spec.file)
+
+    def bundled(self, key: str | CheckpointSpec) -> bool:
+        """Whether ``key`` is a file that ships with the package (found under ``PRIOR_DIR``, never
+        downloaded) rather than one of this store's registry."""
+        key_name = key.key if isinstance(key, CheckpointSpec) else key
+        if key_name in self.registry:
+            return False
+        shipped = bundled_registry().get(key_name)
+        return shipped is not None and (not isinstance(key, CheckpointSpec) or key == shipped)
 
     def verify(self, key: str | CheckpointSpec, *, quiet: bool = False) -> Verification:
         """The state of one file (verified, unpinned, missing, corrupt, blocked, unreadable); reads only."""
@@ -154,6 +189,9 @@ class CheckpointStore:
             return path
         if current.state == BLOCKED:
             raise PathBlockedError(current.detail, key=spec.key, path=path)
+        if self.bundled(spec):
+            raise DownloadError(f"{spec.file} ships with the package, at {path}, and is {current.state}: "
+                                f"{bundled_remedy(spec)}", key=spec.key, path=path)
         memo = self._memo(spec)
         try:
             found = download_file(spec, path, say, progress=progress, retry=retry, session=session,
@@ -194,6 +232,10 @@ class CheckpointStore:
             if current.ok:
                 found[role] = current.path
                 continue
+            if self.bundled(spec):
+                problems.append(Problem(role, key, spec.file, current.path, current.state, current.detail,
+                                        bundled_remedy(spec)))
+                continue
             earlier = self.failed_before(spec)
             wanted = download is True or (download == "auto" and earlier is None)
             if not wanted or current.state == BLOCKED:
@@ -225,8 +267,8 @@ class CheckpointStore:
     # -- many configs ------------------------------------------------------------------------------
 
     def status(self, config_names: str | list[str] | None = None):
-        """Per config, each checkpoint's state, without downloading (a
-        :class:`~ddrm_helpers.status.CheckpointStatus`)."""
+        """Per config (default: every known config, the digits prior included), each checkpoint's
+        state, without downloading (a :class:`~ddrm_helpers.status.CheckpointStatus`)."""
         return self._table(config_names, fetch=False)
 
     def ensure(self, config_names: str | list[str] | None = None, *, progress: bool = True, quiet: bool = False,
@@ -239,7 +281,7 @@ class CheckpointStore:
     def _table(self, config_names, *, fetch: bool, options: dict | None = None):
         from .status import CheckpointRow, CheckpointStatus, describe
 
-        names = [config_names] if isinstance(config_names, str) else list(config_names or available_configs())
+        names = [config_names] if isinstance(config_names, str) else list(config_names or known_configs())
         configs = [load_config(name) for name in names]
         rows, seen, advice = [], {}, []
         for config in configs:

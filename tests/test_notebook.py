@@ -129,7 +129,7 @@ def test_offline_without_checkpoints_every_cell_runs_and_configs_are_skipped(off
     check = cell_with(notebook, "selftest(digits=8, show=True)")  # the shipped prior needs no download
     assert "PASS: DDRM with a real learned prior beats the baseline" in text_of(check) and images_in(check) == 1
     status = text_of(cell_with(notebook, "ensure_checkpoints()"))
-    assert "Ready to run: none." in status and "download failed" in status
+    assert "Ready to run: digits." in status and "download failed" in status
     skipped = {"result_celeba = ": "Config 1: CelebA-HQ (DDPM) skipped: celeba_hq.ckpt could not be downloaded",
                "result_imagenet = ": "Config 2: ImageNet unconditional (OpenAI) skipped",
                "result_conditional = ": "Config 3: ImageNet conditional + classifier (OpenAI) skipped"}
@@ -201,7 +201,7 @@ def test_smoke_run_with_tiny_checkpoints_runs_all_three_configs(tmp_path, monkey
         notebook = execute()
 
     status = text_of(cell_with(notebook, "ensure_checkpoints()"))
-    assert "Ready to run: celeba_hq, imagenet_256, imagenet_256_cc." in status
+    assert "Ready to run: celeba_hq, imagenet_256, imagenet_256_cc, digits." in status
     for snippet in CONFIG_CELLS + (COMPARE_CELL,):
         cell = cell_with(notebook, snippet)
         assert images_in(cell) == 1, snippet  # its grid, inline

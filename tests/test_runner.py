@@ -172,7 +172,7 @@ def test_cli_demo_runs_what_it_can_skips_the_rest_and_exits_0(server, tmp_path, 
     monkeypatch.setenv("DDRM_EXP_DIR", str(tmp_path / "exp"))
     assert cli.main(["demo", "--steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert "Ready to run: celeba_hq." in out
+    assert "Ready to run: celeba_hq, digits." in out
     assert "- Config 1: CelebA-HQ (DDPM): ran sr4 (sigma_y 0.05, 2 steps) on 1 image(s)" in out
     assert "- Config 2: ImageNet unconditional (OpenAI): skipped: 256x256_diffusion_uncond.pt could not be " \
            "downloaded" in out

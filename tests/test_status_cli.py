@@ -46,13 +46,15 @@ def states(status):
 
 def test_status_of_an_empty_folder_is_all_missing_with_reasons(small):
     status = checkpoint_status()
-    assert status.configs() == ["celeba_hq", "imagenet_256", "imagenet_256_cc"]
-    assert set(states(status).values()) == {"missing"}
-    assert len(status.rows) == 4
-    assert all("not downloaded yet" in row.detail for row in status.rows)
-    assert not any(status.ready(c) for c in status.configs())
+    # The digits prior is a config too; its file ships with the package, so it is always there.
+    assert status.configs() == ["celeba_hq", "imagenet_256", "imagenet_256_cc", "digits"]
+    product = [row for row in status.rows if row.config != "digits"]
+    assert {row.state for row in product} == {"missing"} and len(product) == 4
+    assert all("not downloaded yet" in row.detail for row in product)
+    assert not any(status.ready(c) for c in status.configs()[:3])
+    assert states(status)[("digits", "digits_ddpm")] == "verified" and status.ready("digits")
     text = str(status)
-    assert "imagenet_256_cc  imagenet/256x256_classifier.pt" in text and "Ready to run: none." in text
+    assert "imagenet_256_cc  imagenet/256x256_classifier.pt" in text and "Ready to run: digits." in text
 
 
 def test_ensure_checkpoints_fetches_everything_and_reports_each_state(small):
@@ -65,7 +67,7 @@ def test_ensure_checkpoints_fetches_everything_and_reports_each_state(small):
         path = load_registry()[key].path()
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(payload).digest()
     html = status._repr_html_()
-    assert html.count("<tr>") == 5 and "unpinned" in html and "Config 3: ImageNet conditional" in html
+    assert html.count("<tr>") == 6 and "unpinned" in html and "Config 3: ImageNet conditional" in html
 
 
 def test_a_failed_download_skips_that_config_only_and_never_raises(small, server, capsys):
@@ -108,7 +110,8 @@ def test_cli_download_all_and_dir(small, tmp_path, capsys):
     assert cli.main(["download", "--all", "--dir", str(other), "--quiet"]) == 0
     assert (other / "imagenet" / "256x256_classifier.pt").is_file()
     out = capsys.readouterr().out
-    assert f"Checkpoints under {other}" in out and "Ready to run: celeba_hq, imagenet_256, imagenet_256_cc." in out
+    assert f"Checkpoints under {other}" in out
+    assert "Ready to run: celeba_hq, imagenet_256, imagenet_256_cc, digits." in out
 
 
 def test_cli_download_fails_with_exit_1_when_a_file_stays_missing(small, server, capsys):
