@@ -6,7 +6,7 @@
     python bench/gpu_check.py --only forward,profile OUT   # some stages only
 
 Stages, in order (docs/performance.md says what each measures and why its threshold is what it is):
-environment, correctness, forward, profile, sampler, memory, precision, loading, compile. Each has
+environment, correctness, forward, profile, sampler, tiled, memory, precision, loading, compile. Each has
 its own time cap; a stage past its cap is recorded as "timed out" and the next one runs. The whole
 run has a budget (``--budget``, 460 s): a stage gets at most what is left. Stages that need CUDA
 are recorded as "skipped: no CUDA" without one. Every figure is a check with a threshold and a
@@ -71,8 +71,8 @@ PEAKS = {
     "H200": (989.0, 494.0), "H100 PCIe": (756.0, 378.0), "H100": (989.0, 494.0), "A100": (312.0, 156.0),
     "L40S": (362.0, 183.0), "L4": (121.0, 60.0), "T4": (65.0, 8.1), "V100": (125.0, 15.7),
 }
-STAGE_NAMES = ["environment", "correctness", "forward", "profile", "sampler", "memory", "precision", "loading",
-               "compile"]
+STAGE_NAMES = ["environment", "correctness", "forward", "profile", "sampler", "tiled", "memory", "precision",
+               "loading", "compile"]
 
 
 class StageTimeout(BaseException):
@@ -969,6 +969,53 @@ def stage_sampler(ctx: Context, st: Stage) -> None:
                      bool(torch.isfinite(out).all()), "all finite")
 
 
+def stage_tiled(ctx: Context, st: Stage) -> None:
+    """Photos at their own size: a 1024x768 result (--smoke: 32x24), Config 2 sr4 (from a 256x192
+    photo) and Config 1 deblur_gauss, restored in tiles of the model's size with the default
+    overlap, at the sampler's default batch of tiles; seconds per photo and peak memory."""
+    from ddrm_helpers.engine import resolve_settings, sample_measurements
+    from ddrm_helpers.models.pretrained import Pretrained
+    from ddrm_helpers.schedule import betas_from_config
+    from ddrm_helpers.tiles import tile_count
+
+    height, width = (24, 32) if ctx.smoke else (768, 1024)
+    table = f"a {width}x{height} result restored at its own size, {ctx.steps} steps"
+    st.table(table, ["config", "task", "tile", "tiles", "network evaluations", "seconds per photo", "peak GiB"])
+    for name, task, sigma_y in (("imagenet_256", "sr4", 0.05), ("celeba_hq", "deblur_gauss", 0.0)):
+        cfg = tiny.config(name, ctx.smoke)
+        tile = ctx.side(cfg)
+        model = tiny.build(cfg, "model", ctx.device, seed=0)
+        if ctx.cuda and cfg.model.get("use_fp16", False):
+            model.convert_torso(torch.float16)  # as load_pretrained does on CUDA
+        op = make_degradation(task, (height, width), device=ctx.device)
+        y = measurement(op, 1, ctx.device, sigma_0=2 * sigma_y)
+        settings = resolve_settings(cfg, task, sigma_y, ctx.steps, None, None, 0, 1, batch_size=8,
+                                    device=ctx.device)
+        learned = bool(cfg.model.get("learn_sigma", False))
+
+        def run(op=op, y=y, settings=settings, model=model, cfg=cfg, tile=tile, learned=learned):
+            return sample_measurements(Pretrained(model, None), y, op, settings, classes=None, progress=False,
+                                       generator=torch.Generator(device=ctx.device).manual_seed(0),
+                                       betas=betas_from_config(cfg), learned_sigma=learned, tile=tile)
+
+        if ctx.cuda:
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        ctx.sync()
+        start = time.perf_counter()
+        out = run()
+        ctx.sync()
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(ctx.device) / GiB if ctx.cuda else proc_status().get("VmHWM", 0) / GiB
+        tiles = tile_count((height, width), tile)
+        st.row(table, [name, task, tile, tiles, tiles * ctx.steps, round(seconds, 2), round(peak, 2)])
+        st.check(f"{name} {task}: seconds per {width}x{height} photo", seconds, None, "", unit="s")
+        st.check(f"{name} {task}: peak memory", peak, None, "",
+                 unit="GiB" + ("" if ctx.cuda else " (the process's high-water mark)"))
+        st.check(f"{name} {task}: output finite", bool(torch.isfinite(out).all()), bool(torch.isfinite(out).all()),
+                 "all finite")
+        del model, op
+
+
 def stage_memory(ctx: Context, st: Stage) -> None:
     """The notebook's worst state: all four networks resident (the cache keeps every config's), then
     Config 3 guided at its batch size (8)."""
@@ -1236,6 +1283,8 @@ STAGES = [
              stage_profile),
     StageDef("sampler", "20-step DDRM, Config 2 and Config 3 (guided), batch 1 and 8, against its networks alone",
              75, 20, stage_sampler),
+    StageDef("tiled", "a 1024x768 photo at its own size, in tiles: Config 2 sr4 and Config 1 deblur, seconds "
+             "per photo and peak memory", 90, 30, stage_tiled),
     StageDef("memory", "peak memory in the notebook's worst state, and under a 15 GB card's cap", 60, 15,
              stage_memory, needs_cuda="peak memory and the per-process cap are CUDA allocator figures"),
     StageDef("precision", "float32 against float16 torso: eps, classifier gradient, a full restoration", 50, 20,

@@ -8,7 +8,8 @@
                                     [--out DIR] [--dir DIR] [--device DEV]
     python -m ddrm_helpers restore  --config NAME --task TASK --photo PATH [--mask PATH]
                                     [--kernel K ... | --kernel-h K ... --kernel-w K ...]
-                                    [--sigma-y S | --estimate-noise] [--samples K] [--fit crop|pad]
+                                    [--sigma-y S | --estimate-noise] [--samples K] [--fit full|crop|pad]
+                                    [--tile-overlap PX]
                                     [--steps N] [--seed K] [--reference PATH] [--classes C]
                                     [--out DIR] [--dir DIR] [--device DEV]
     python -m ddrm_helpers eval     --config NAME --data PATH [--root DIR] [--task TASK] [--sigma-y S]
@@ -114,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--estimate-noise", action="store_true", help="estimate the photo's noise from the photo")
     restore.add_argument("--samples", type=int, default=1, metavar="K",
                          help="restorations to draw; with 2 or more, their mean and spread are saved too")
-    restore.add_argument("--fit", choices=("crop", "pad"), default="crop",
-                         help="a photo that is not square: its centred square (crop) or mirrored out (pad)")
+    restore.add_argument("--fit", choices=("full", "crop", "pad"), default="full",
+                         help="full (the default): restore the photo at its own size, in tiles of the model's; "
+                              "crop / pad: its centred square, or mirrored out to a square, at the model's size")
+    restore.add_argument("--tile-overlap", type=int, metavar="PX",
+                         help="with --fit full: pixels shared by neighbouring tiles (default: a quarter of a tile)")
     restore.add_argument("--steps", type=int, help="DDRM steps (default: 20)")
     restore.add_argument("--seed", type=int, default=0)
     restore.add_argument("--reference", metavar="PATH", help="the undamaged image, if you have it: PSNR/SSIM")
@@ -224,7 +228,7 @@ def _restore(args) -> int:
     result = restore_photo(
         args.config, args.photo, args.task, sigma_y="estimate" if args.estimate_noise else args.sigma_y,
         steps=args.steps, seed=args.seed, num_samples=args.samples, mask=args.mask, fit=args.fit,
-        reference=args.reference, classes=args.classes,
+        tile_overlap=args.tile_overlap, reference=args.reference, classes=args.classes,
         degradation_params={key: value for key, value in kernels.items() if value is not None},
         out_dir=args.out, store=_store(args), device=args.device,
     )
@@ -286,8 +290,12 @@ def check_arguments(args) -> None:
         config = load_config(name)
         if args.steps is not None:
             validate.check_steps(args.steps, len(betas_from_config(config)), "--steps")
+        if getattr(args, "tile_overlap", None) is not None:
+            from .tiles import check_overlap
+
+            check_overlap(args.tile_overlap, int(config.data.image_size), "--tile-overlap")
         resolve_settings(config, task, sigma_y, args.steps, None, None, seed, samples, device=args.device,
-                         out_dir=args.out, save=True)
+                         out_dir=args.out, save=True, tile_overlap=getattr(args, "tile_overlap", None))
         if args.command == "run":
             _check_run_inputs(args, config)
 

@@ -51,6 +51,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import DegradationError
 
 __all__ = [
+    "BlockAverage",
     "Colorization",
     "Degradation",
     "Denoising",
@@ -61,6 +62,7 @@ __all__ = [
     "box_mask",
     "load_mask",
     "make_degradation",
+    "scale_factor",
     "text_mask",
 ]
 
@@ -159,6 +161,18 @@ class Degradation(torch.nn.Module):
         """
         return self.H_pinv(y).reshape(-1, *self.image_shape)
 
+    @property
+    def measured_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the picture a measurement is (what :meth:`degraded_image` shows): the
+        image's own shape, but the low-resolution or blurred image's for the operators that measure one."""
+        return self.image_shape
+
+    def measurement_of(self, picture: torch.Tensor) -> torch.Tensor:
+        """The measurement ``y`` ``[B, M]`` that ``picture`` ``[B, *measured_shape]`` shows: the
+        inverse of :meth:`degraded_image` on its range (by default ``H(picture)``: inpainting keeps
+        the pixels its mask keeps; a photo is its own measurement for denoising)."""
+        return self.H(picture)
+
     # -- helpers -----------------------------------------------------------------------------
     def _pad(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([z, z.new_zeros(z.shape[0], self.input_dim - self.measurement_dim)], dim=1)
@@ -216,7 +230,7 @@ class Separable(Degradation):
             torch.outer(s_h, s_w).reshape(-1).repeat(channels),
         )
         self.name = name
-        self.measured_shape = (channels, matrix_h.shape[0], matrix_w.shape[0])
+        self._measured = (channels, matrix_h.shape[0], matrix_w.shape[0])
         for key, value in dict(u_h=u_h, v_h=v_h, u_w=u_w, v_w=v_w).items():
             self.register_buffer(key, value, persistent=False)
 
@@ -245,9 +259,66 @@ class Separable(Degradation):
     def _ut(self, y):
         return (self.u_h.T @ y.reshape(-1, *self.measured_shape) @ self.u_w).reshape(y.shape[0], -1)
 
+    @property
+    def measured_shape(self):
+        return self._measured
+
     def degraded_image(self, y):
         """The blurred or low-resolution image itself, ``[B, C, m_h, m_w]``."""
         return self._flat(y, self.measurement_dim, "degraded_image").reshape(-1, *self.measured_shape)
+
+    def measurement_of(self, picture):
+        """The blurred or low-resolution picture is the measurement, flattened in NCHW order."""
+        return self._flat(picture, self.measurement_dim, "measurement_of")
+
+
+class BlockAverage(Degradation):
+    """``y`` = the mean of every ``f x f`` block of each channel: the low-resolution image ``[B, C, H/f, W/f]``.
+
+    Per block, the averaging row ``(1/f^2, ..., 1/f^2)`` over its ``f^2`` pixels (row-major within
+    the block) has the SVD ``(1/f) * q_0^T`` with ``q_0 = (1, ..., 1)/f``; V completes ``q_0`` to the
+    Helmert basis of R^(f^2) in every block. So V is block-diagonal: the spectral coordinates of a
+    block depend on its own pixels only, and the operator costs O(N f^2) at any image size (no
+    side x side matrix). Spectral order: the ``C*h*w`` block means, in the NCHW order of the
+    low-resolution image (singular value ``1/f`` each), then the ``f^2 - 1`` other directions of
+    every block, block by block in that order.
+    """
+
+    def __init__(self, image_shape, factor: int):
+        channels, height, width = image_shape
+        rows, columns = height // factor, width // factor
+        super().__init__(image_shape, torch.full((channels * rows * columns,), 1.0 / factor, **_BUILD))
+        self.name = f"sr{factor}"
+        self.factor = factor
+        self._measured = (channels, rows, columns)
+        self.register_buffer("basis", _helmert(factor * factor), persistent=False)
+
+    @property
+    def measured_shape(self):
+        return self._measured
+
+    def _vt(self, x):
+        c, rows, columns = self._measured
+        f = self.factor
+        blocks = x.reshape(-1, c, rows, f, columns, f).permute(0, 1, 2, 4, 3, 5).reshape(-1, c, rows, columns, f * f)
+        z = blocks @ self.basis
+        return torch.cat([z[..., 0].reshape(x.shape[0], -1), z[..., 1:].reshape(x.shape[0], -1)], dim=1)
+
+    def _v(self, z):
+        c, rows, columns = self._measured
+        f, batch = self.factor, z.shape[0]
+        means = z[:, : self.measurement_dim].reshape(batch, c, rows, columns, 1)
+        rest = z[:, self.measurement_dim :].reshape(batch, c, rows, columns, f * f - 1)
+        blocks = torch.cat([means, rest], dim=-1) @ self.basis.T
+        return blocks.reshape(batch, c, rows, columns, f, f).permute(0, 1, 2, 4, 3, 5).reshape(batch, -1)
+
+    def degraded_image(self, y):
+        """The low-resolution image itself, ``[B, C, H/f, W/f]``."""
+        return self._flat(y, self.measurement_dim, "degraded_image").reshape(-1, *self.measured_shape)
+
+    def measurement_of(self, picture):
+        """The low-resolution picture is the measurement, flattened in NCHW order."""
+        return self._flat(picture, self.measurement_dim, "measurement_of")
 
 
 class Inpainting(Degradation):
@@ -310,6 +381,13 @@ class Colorization(Degradation):
         grey = self._flat(y, self.measurement_dim, "degraded_image").reshape(-1, 1, h, w)
         return grey.repeat(1, c, 1, 1)
 
+    def measurement_of(self, picture):
+        """The grey values: exactly the first channel where the channels are equal (a grey photo;
+        ``H`` would average equal values and round), else their mean, what colorization measures."""
+        picture = picture.reshape(-1, *self.image_shape)
+        grey = (picture == picture[:, :1]).all()
+        return picture[:, 0].reshape(picture.shape[0], -1) if grey else self.H(picture)
+
 
 class WalshHadamardCS(Degradation):
     """Compressive sensing: per channel, ``H*W / ratio`` Walsh-Hadamard coefficients of the image.
@@ -341,14 +419,44 @@ class WalshHadamardCS(Degradation):
         rest = z[:, self.measurement_dim :].reshape(z.shape[0], c, -1)
         return _fwht(torch.cat([measured, rest], dim=2)[..., self._inverse]).reshape(z.shape[0], -1)
 
+    def measurement_of(self, picture):
+        raise DegradationError(
+            f"{self.name}: a compressive-sensing measurement is a list of Walsh-Hadamard coefficients, "
+            "not a picture, so no photo can be it; use run_config to simulate one"
+        )
+
 
 # -- building blocks ---------------------------------------------------------------------------
 
 
 def _svd_with_numerical_zeros(matrix: torch.Tensor):
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=True)
+    """``U, s, V`` of an ``m x n`` matrix with ``m <= n`` (U ``m x m``, V ``n x n``, both
+    orthonormal, singular values in decreasing order), computed the cheapest exact way, so that
+    an operator for a photo of thousands of pixels a side is made in seconds:
+
+    * a symmetric matrix (a blur whose kernel is symmetric with an odd number of taps, as every
+      named blur's) by its eigendecomposition ``Q diag(l) Q^T``: ``s = |l|``, ``V = Q``, ``U = Q``
+      with the signs of ``l`` (LAPACK's symmetric solver, several times faster than an SVD);
+    * any other by its thin SVD, and the ``n - m`` directions it does not see (a down-sampling's)
+      completed by a QR factorisation, instead of the full SVD of an ``n x n`` problem.
+    """
+    rows, columns = matrix.shape
+    if rows == columns and torch.equal(matrix, matrix.T):
+        values, q = torch.linalg.eigh(matrix)
+        order = values.abs().argsort(descending=True)
+        values, v = values[order], q[:, order]
+        u, s = v * torch.where(values < 0, -1.0, 1.0), values.abs()
+    elif rows <= columns:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        v = vh.T
+        if rows < columns:
+            complete, _ = torch.linalg.qr(v, mode="complete")
+            v = torch.cat([v, complete[:, rows:]], dim=1)
+    else:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=True)
+        v = vh.T
     tolerance = max(matrix.shape) * torch.finfo(matrix.dtype).eps * s.max()
-    return u, torch.where(s > tolerance, s, torch.zeros_like(s)), vh.T
+    return u, torch.where(s > tolerance, s, torch.zeros_like(s)), v
 
 
 def _helmert(n: int) -> torch.Tensor:
@@ -374,11 +482,6 @@ def _fwht(x: torch.Tensor) -> torch.Tensor:
         x = torch.stack([pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]], dim=2)
         h *= 2
     return x.reshape(*lead, n) * n**-0.5
-
-
-def _block_average_matrix(n: int, factor: int) -> torch.Tensor:
-    """``(n/f) x n``: row r is 1/f on pixels r*f .. r*f + f - 1."""
-    return torch.eye(n // factor, **_BUILD).repeat_interleave(factor, dim=1) / factor
 
 
 def _keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -530,8 +633,7 @@ def _deno(shape):
 
 
 def _sr(shape, factor):
-    c, h, w = shape
-    return Separable(c, _block_average_matrix(h, factor), _block_average_matrix(w, factor), f"sr{factor}")
+    return BlockAverage(shape, factor)
 
 
 def _sr_bicubic(shape, factor):
@@ -658,6 +760,17 @@ _BUILDERS = {
 # sr<f>, sr_bicubic<f> and cs<f> take their factor from the name, any integer f >= 2.
 _FAMILIES = {"sr": _sr, "sr_bicubic": _sr_bicubic, "cs": _cs}
 _FAMILY_NAME = re.compile(r"(sr_bicubic|sr|cs)(\d+)")
+
+
+def scale_factor(name: str) -> int:
+    """How many times larger the image is than its measurement, per side: ``f`` for ``sr<f>`` and
+    ``sr_bicubic<f>``, 1 for every other degradation (the measurement is a picture of the image's size).
+
+    >>> scale_factor("sr4"), scale_factor("sr_bicubic8"), scale_factor("deblur_gauss")
+    (4, 8, 1)
+    """
+    match = _FAMILY_NAME.fullmatch(name) if isinstance(name, str) else None
+    return int(match.group(2)) if match and match.group(1) != "cs" and int(match.group(2)) >= 2 else 1
 
 
 def available_degradations() -> dict[str, str]:

@@ -44,8 +44,12 @@ def show_grid(
     names = list(columns)
     batches = {name: _as_list(columns[name]) for name in names}
     rows = max(len(b) for b in batches.values())
-    fig, axes = plt.subplots(rows, len(names), figsize=(cell_inches * len(names), cell_inches * rows + 0.4),
-                             squeeze=False)
+    # A row is as tall as its most portrait-like picture needs at the column's width (1 for squares),
+    # so that a wide photo is not drawn as a thin strip in a square cell.
+    heights = [max(min(image.shape[-2] / image.shape[-1], 2.0) for image in
+                   (batches[name][i] for name in names if i < len(batches[name]))) for i in range(rows)]
+    fig, axes = plt.subplots(rows, len(names), figsize=(cell_inches * len(names), cell_inches * sum(heights) + 0.4),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
     for j, name in enumerate(names):
         for i in range(rows):
             ax = axes[i][j]
@@ -149,6 +153,13 @@ def row_names(names: Sequence[str]) -> list[str]:
     return [f"photo {i + 1}" if _GENERIC_NAME.match(name) else name for i, name in enumerate(names)]
 
 
+def _sizes_differ(result) -> bool:
+    """Whether the pictures of a result are at sizes of their own (a photo, an image restored at its
+    own size, images of several sizes), rather than all at the model's square: then each says its size."""
+    shapes = {tuple(image.shape[-2:]) for image in _as_list(result.restored)}
+    return result.from_photo or len(shapes) > 1 or any(height != width for height, width in shapes)
+
+
 def _as_list(column) -> list[torch.Tensor]:
     if isinstance(column, torch.Tensor):
         return list(column) if column.ndim == 4 else [column]
@@ -220,7 +231,7 @@ def show_results(result, *, show: bool = True, label: str | None = None):
     estimated = " (estimated)" if result.sigma_y_estimated else ""
     degraded = f"{'photo' if result.from_photo else 'degraded'}: {result.task}, sigma_y {result.sigma_y:.3g}{estimated}"
     columns[degraded] = result.degraded
-    if result.from_photo and result.baseline.shape != result.degraded.shape:
+    if result.from_photo and result.baseline[0].shape != result.degraded[0].shape:
         columns["bicubic upscale"] = result.baseline
     if result.num_samples == 1:
         first = "restored"
@@ -228,7 +239,7 @@ def show_results(result, *, show: bool = True, label: str | None = None):
     else:
         first, mean = "sample 1", f"mean of {result.num_samples}"
         for k in range(result.num_samples):
-            columns[f"sample {k + 1}"] = result.samples[:, k]
+            columns[f"sample {k + 1}"] = [samples[k] for samples in result.samples]
         columns[mean] = result.mean
         columns["spread (std)"] = result.spread
         cmap["spread (std)"] = "magma"
@@ -238,6 +249,11 @@ def show_results(result, *, show: bool = True, label: str | None = None):
         notes[degraded] = [f"baseline PSNR {m['psnr_degraded']:.2f} dB, SSIM {m['ssim_degraded']:.3f}"
                            for m in result.metrics]
         notes[first] = [f"PSNR {m['psnr_restored']:.2f} dB, SSIM {m['ssim_restored']:.3f}" for m in result.metrics]
+    if _sizes_differ(result):  # each picture's own size, under it
+        for name, images in columns.items():
+            sizes = [f"{image.shape[-1]}x{image.shape[-2]} px" for image in _as_list(images)]
+            notes[name] = [size if not extra else f"{size}; {extra}"
+                           for size, extra in zip(sizes, notes.get(name) or [""] * len(sizes))]
     samples = f", {result.num_samples} samples" if result.num_samples > 1 else ""
     title = (f"{result.display}: {result.steps} steps, eta {result.eta:g}{samples}, {result.seconds:.1f} s "
              f"on {result.device}")

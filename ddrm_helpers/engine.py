@@ -9,7 +9,14 @@ finds the checkpoints and loads the networks) or, with networks already loaded, 
 - :func:`~ddrm_helpers.evaluation.evaluate`: a data set, one image at a time, each with a generator
   of its own.
 
-What they do with the :class:`Restoration` (results, metrics, files) is :mod:`ddrm_helpers.results`'.
+What they do with the :class:`Restoration` (results, metrics, files) is :mod:`ddrm_helpers.results`'
+(which imports from here; the engine imports nothing of it).
+
+Any size: the network's input size (``data.image_size``) is a tile, not the image's size. The
+engine hands the sampler the network wrapped in a :class:`~ddrm_helpers.tiles.TiledDenoiser` (and
+the classifier in a :class:`~ddrm_helpers.tiles.TiledClassifier`), with the operator built at the
+image's own ``(height, width)``; an image of exactly one tile is the network's own call, as before.
+``settings.batch_size`` is the most tiles the network sees at once.
 
 Randomness: one ``torch.Generator`` makes every draw of a restoration, seeded with
 ``settings.seed`` unless the caller hands one in: the measurement noise first (one ``[N, M]``
@@ -34,10 +41,35 @@ from .degradations import Degradation
 from .demo import known_classes
 from .errors import DegradationError
 from .paths import exp_dir
-from .results import Skipped
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
 from .schedule import betas_from_config
 from .store import CheckpointStore
+from .tiles import TiledClassifier, TiledDenoiser, check_overlap
+
+
+@dataclass
+class Skipped:
+    """A config that could not run, and why: one line, since the checkpoint table (or the download
+    report printed where the download failed) already says the rest."""
+
+    config: str
+    display: str
+    reason: str
+    remedy: str
+    missing: list[str] = field(default_factory=list)
+    skipped: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.display} skipped: {self.reason} — {self.remedy}"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (f"<p><b>{html.escape(self.display)}</b> skipped: {html.escape(self.reason)} — "
+                f"{html.escape(self.remedy)}</p>")
+
+
+LONG_RUN_SECONDS = 20.0  # a tiled run forecast to take longer is told how long, after its first step
 
 
 @dataclass(frozen=True)
@@ -52,8 +84,9 @@ class Settings:
     seed: int
     num_samples: int = 1
     classifier_scale: float = 1.0  # used only by a config with a classifier
-    batch_size: int = 1  # rows through the network at once
+    batch_size: int = 1  # tiles (an image of the network's size is one tile) through the network at once
     device: torch.device = torch.device("cpu")
+    tile_overlap: int | None = None  # pixels shared by neighbouring tiles; None: a quarter of a tile
 
     @property
     def sigma_0(self) -> float:
@@ -101,7 +134,7 @@ class Restoration:
 
 def resolve_settings(config: Config, task, sigma_y, steps, eta, eta_b, seed, num_samples, *,
                      classifier_scale=None, batch_size=None, device=None, out_dir=None, save=False,
-                     degradation_params=None, callback=None) -> Settings:
+                     degradation_params=None, callback=None, tile_overlap=None) -> Settings:
     """The run's settings: what is given, else the config's; a bad value raises ``ValueError``.
 
     Every argument of a run is checked here (:mod:`ddrm_helpers.validate`), before anything is
@@ -133,6 +166,7 @@ def resolve_settings(config: Config, task, sigma_y, steps, eta, eta_b, seed, num
         classifier_scale=scale,
         batch_size=batch,
         device=validate.check_device(device) or default_device(),
+        tile_overlap=None if tile_overlap is None else check_overlap(tile_overlap, int(config.data.image_size)),
     )
     if degradation_params is not None and not isinstance(degradation_params, dict):
         raise DegradationError(f"degradation_params is a dict of make_degradation's parameters (a kernel, a "
@@ -215,12 +249,15 @@ def restore(config: Config, networks, inputs: Inputs, settings: Settings, *, gen
                                            device=device, dtype=degradation.singulars().dtype)
     y = inputs.measurement.to(device) if photo else degradation.H(inputs.images.to(device)) + noise
     baseline = natural_inverse(degradation, y)
+    tile = int(config.data.image_size)
     classes = inputs.classes
     if networks.classifier is not None and classes is None:
-        classes = _default_classes(inputs.sources, networks.classifier, baseline, inputs.names, verbose)
+        classes = _default_classes(inputs.sources, networks.classifier, _at_size(baseline, tile), inputs.names,
+                                   verbose)
     samples = sample_measurements(
         networks, y, degradation, settings, classes=classes, generator=generator, callback=callback,
-        progress=progress, betas=betas_from_config(config), learned_sigma=learns_sigma(config),
+        progress=progress, betas=betas_from_config(config), learned_sigma=learns_sigma(config), tile=tile,
+        verbose=verbose,
     )
     return Restoration(measurement=y, degraded=degradation.degraded_image(y), baseline=baseline, samples=samples,
                        classes=classes, device=device, seconds=time.perf_counter() - started)
@@ -228,27 +265,44 @@ def restore(config: Config, networks, inputs: Inputs, settings: Settings, *, gen
 
 def sample_measurements(networks, y: torch.Tensor, degradation, settings: Settings, *, classes, generator,
                         callback=None, progress: bool = True, betas: torch.Tensor | None = None,
-                        learned_sigma: bool | None = None) -> torch.Tensor:
+                        learned_sigma: bool | None = None, tile: int | None = None,
+                        verbose: bool = False) -> torch.Tensor:
     """``settings.num_samples`` DDRM restorations of each measurement in ``y`` [N, M], clipped to
     [-1, 1], as ``[N, K, C, H, W]``.
 
     Each measurement is repeated K times, and the N*K rows (image-major: row ``n*K + k``) go to
-    :func:`ddrm_sample` in batches of ``settings.batch_size``, one after the other, all drawing
-    from ``generator``. ``callback`` gets the sampler's dict plus ``batch_start``, the row of the
-    batch's first image, so that a callback can follow one row (:func:`~ddrm_helpers.progress.collect_frames`).
+    :func:`ddrm_sample` one batch after the other, all drawing from ``generator``. ``tile`` (the
+    network's size; a run passes its config's) tiles the image: the networks are wrapped in
+    :class:`~ddrm_helpers.tiles.TiledDenoiser` / :class:`~ddrm_helpers.tiles.TiledClassifier`
+    with ``settings.tile_overlap``, and a batch holds as many rows as fit ``settings.batch_size``
+    tiles (one at least); the network sees at most ``batch_size`` tiles at once. Without ``tile``
+    the networks are called as they are, ``batch_size`` rows at a time. With ``verbose`` and more
+    than one tile per image, a line says before the run how many tiles and network evaluations it
+    takes, and another after its first step how long the whole run should take.
+
+    ``callback`` gets the sampler's dict plus ``batch_start``, the row of the batch's first image,
+    so that a callback can follow one row (:func:`~ddrm_helpers.progress.collect_frames`).
     ``betas`` and ``learned_sigma`` go to :func:`ddrm_sample`; a run passes its config's
     (:func:`~ddrm_helpers.schedule.betas_from_config`, :func:`~ddrm_helpers.config.learns_sigma`).
     """
     k = settings.num_samples
-    batch_size = settings.batch_size
+    model, classifier, rows_per_batch = networks.model, networks.classifier, settings.batch_size
+    if tile is not None:
+        options = dict(overlap=settings.tile_overlap, batch_size=settings.batch_size)
+        model = TiledDenoiser(model, tile, **options)
+        classifier = None if classifier is None else TiledClassifier(classifier, tile, **options)
+        grid = model.grid(degradation.image_shape[1:])
+        rows_per_batch = max(1, settings.batch_size // grid.count)
+        if verbose and grid.count > 1:
+            callback = _announce(grid, y.shape[0] * k, rows_per_batch, settings, classifier is not None, callback)
     rows = y.repeat_interleave(k, dim=0)
     row_classes = None if classes is None else torch.tensor(classes, device=y.device).repeat_interleave(k)
     restored = []
-    for start in range(0, rows.shape[0], batch_size):
-        part = slice(start, start + batch_size)
+    for start in range(0, rows.shape[0], rows_per_batch):
+        part = slice(start, start + rows_per_batch)
         restored.append(ddrm_sample(
-            networks.model, rows[part], degradation, settings.sigma_0, steps=settings.steps, eta=settings.eta,
-            eta_b=settings.eta_b, classifier=networks.classifier,
+            model, rows[part], degradation, settings.sigma_0, steps=settings.steps, eta=settings.eta,
+            eta_b=settings.eta_b, classifier=classifier,
             classes=None if row_classes is None else row_classes[part], classifier_scale=settings.classifier_scale,
             generator=generator, progress=progress, betas=betas, learned_sigma=learned_sigma,
             callback=None if callback is None else functools.partial(_with_batch_start, callback, start),
@@ -258,6 +312,38 @@ def sample_measurements(networks, y: torch.Tensor, degradation, settings: Settin
 
 def _with_batch_start(callback, start: int, info: dict) -> None:
     callback({**info, "batch_start": start})
+
+
+def _announce(grid, rows: int, rows_per_batch: int, settings: Settings, guided: bool, callback):
+    """Say what a tiled run costs before it starts (tiles, network evaluations), and after its first
+    step how long the whole run should take; returns the callback to hand to the sampler."""
+    height, width = grid.canvas
+    evaluations = grid.count * settings.steps * rows
+    print(f"{width}x{height} (width x height) is restored as {grid.count} tiles of {grid.tile[1]}x{grid.tile[0]} "
+          f"(overlap {grid.overlap}): {settings.steps} steps x {grid.count} tiles x {rows} restoration(s) = "
+          f"{evaluations:,} network evaluations{' (and as many of the classifier)' if guided else ''}.", flush=True)
+    batches = -(-rows // rows_per_batch)
+    started = time.perf_counter()
+
+    def timed(info: dict) -> None:
+        if info["i"] == 0 and info["batch_start"] == 0:
+            first = time.perf_counter() - started
+            total = first * settings.steps * batches
+            if total >= LONG_RUN_SECONDS:  # a run of seconds needs no forecast
+                print(f"The first step took {_duration(first)}: the whole run should take about "
+                      f"{_duration(total)}.", flush=True)
+        if callback is not None:
+            callback(info)
+
+    return timed
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def natural_inverse(degradation, y: torch.Tensor) -> torch.Tensor:
@@ -273,8 +359,18 @@ def natural_inverse(degradation, y: torch.Tensor) -> torch.Tensor:
     return image.clamp(-1, 1)
 
 
+def _at_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images`` resized (antialiased bicubic) to ``size`` x ``size``, the classifier's input, when they are not."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic", antialias=True,
+                                           align_corners=False).clamp(-1, 1)
+
+
 def _default_classes(sources, classifier, images: torch.Tensor, names: list[str], verbose: bool) -> list[int]:
-    """The demo images' own classes; for other images, the classifier's top guess (said when ``verbose``)."""
+    """The demo images' own classes; for other images, the classifier's top guess at t = 0 on the whole
+    image at the classifier's size (said when ``verbose``): one class for the whole photo, which
+    guides every tile."""
     classes = known_classes(sources)
     unknown = [i for i, c in enumerate(classes) if c is None]
     if unknown:

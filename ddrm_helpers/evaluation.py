@@ -59,11 +59,11 @@ from . import engine, validate
 from .config import load_config
 from .datasets import DataSet, open_data
 from .degradations import make_degradation
-from .engine import Inputs, resolve_settings
+from .engine import Inputs, Skipped, resolve_settings
 from .errors import ArgumentError
 from .images import load_image, save_image, to_uint8
 from .metrics import psnr, ssim
-from .results import Skipped, json_safe, safe_name
+from .results import json_safe, safe_name
 from .store import CheckpointStore
 from .summary import markdown, summarize, write_summary
 

@@ -40,11 +40,36 @@ def load_image(source: ImageSource, size: int | None = None) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def load_images(sources, size: int) -> torch.Tensor:
-    """Several images as one batch (N, 3, size, size)."""
+def load_images(sources, size: int, fit: str = "crop") -> torch.Tensor:
+    """Several images as one batch (N, 3, size, size): each one's centred square (``fit="crop"``),
+    or the image mirrored out to a square (``"pad"``), resized to ``size``."""
     if isinstance(sources, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
         sources = [sources]
-    return torch.stack([load_image(s, size) for s in sources])
+    if fit == "crop":
+        return torch.stack([load_image(s, size) for s in sources])
+    return torch.stack([resize(square(load_image(s), fit), size) for s in sources])
+
+
+def square(image: torch.Tensor, fit: str) -> torch.Tensor:
+    """The centred square of ``[C, h, w]`` (``crop``), or the image padded to a square by mirroring
+    it about its edges (``pad``; repeatedly, for a strip narrower than the padding)."""
+    _, height, width = image.shape
+    if fit == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return image[:, top : top + side, left : left + side].clone()
+    side = max(height, width)
+    rows, columns = side - height, side - width
+    padding = ((0, 0), (rows // 2, rows - rows // 2), (columns // 2, columns - columns // 2))
+    return torch.from_numpy(np.pad(image.numpy(), padding, mode="symmetric"))
+
+
+def resize(image: torch.Tensor, side: int) -> torch.Tensor:
+    """``[C, h, w]`` in [-1, 1] resized to ``side`` x ``side`` (bicubic, antialiased, clipped)."""
+    if tuple(image.shape[1:]) == (side, side):
+        return image
+    return torch.nn.functional.interpolate(image[None], size=(side, side), mode="bicubic", antialias=True,
+                                           align_corners=False)[0].clamp(-1, 1)
 
 
 def describe(source: ImageSource) -> str:

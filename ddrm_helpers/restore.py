@@ -11,12 +11,17 @@ exactly.
 >>> result = restore_photo("imagenet_256", "scratched.png", "inp_mask", mask="scratches.png")
 >>> show_results(result)
 
-From photo to ``y``: the photo is loaded, made square (``fit``: its centred square, or padded by
-mirroring its edges) and resized to the size the operator measures (``image_size / f`` for
-super-resolution, ``image_size`` otherwise), each step said in a printed line and kept in
-``result.notes``. Then ``y`` is the photo, flattened the way ``degraded_image`` unflattens it
-(super-resolution, blur, denoising; the one grey channel for colorization), or ``H(photo)`` for
-inpainting (the kept pixels): ``degraded_image(y)`` is the photo again (:func:`measurement_from_photo`).
+From photo to ``y``, with ``fit="full"`` (the default): the photo is restored at its own size, a
+``w x h`` photo giving ``f*w x f*h`` for super-resolution by ``f`` and ``w x h`` otherwise; the
+operator is built at that size and the network sees it in tiles of its own size
+(:mod:`ddrm_helpers.tiles`). A photo too small for one tile is padded by mirroring, restored and cut
+back (:mod:`ddrm_helpers.canvas`); nothing is resized. With ``fit="crop"`` or ``"pad"`` the photo is
+made square (its centred square, or padded by mirroring its edges) and resized to the size the
+operator measures at the model's size (``image_size / f`` for super-resolution, ``image_size``
+otherwise). Each step is said in a printed line and kept in ``result.notes``. Then ``y`` is what
+the photo shows (``degradation.measurement_of``): the low-resolution, blurred or noisy picture
+itself, the one grey channel for colorization, the kept pixels for inpainting; so
+``degraded_image(y)`` is the photo again.
 
 Seeds: a run draws the measurement noise first and then the sampler's, from one generator (see
 :mod:`ddrm_helpers.engine`). A photo holds its own noise, so that draw is made and dropped: the
@@ -34,23 +39,23 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import engine
+from . import budget, engine
+from .canvas import Canvas, plan_canvas
 from .config import load_config
-from .degradations import Colorization, Degradation, Inpainting, Separable, WalshHadamardCS, load_mask, make_degradation
-from .engine import Inputs, resolve_settings
+from .degradations import Colorization, Degradation, Inpainting, load_mask, make_degradation, scale_factor
+from .engine import Inputs, Skipped, resolve_settings
 from .errors import DegradationError, ImageError, SamplingError
-from .images import load_image, to_pil
+from .images import load_image, square, to_pil
 from .noise import estimate_noise
-from .results import RunResult, Skipped, image_names, report
+from .results import RunResult, image_names, report
 from .sampler import sigma_0_from_sigma_y
 from .store import CheckpointStore
 
-FITS = ("crop", "pad")
+FITS = ("full", "crop", "pad")
 
 
 def restore_photo(
@@ -63,7 +68,8 @@ def restore_photo(
     *,
     num_samples: int = 1,
     mask=None,
-    fit: str = "crop",
+    fit: str = "full",
+    tile_overlap: int | None = None,
     reference=None,
     classes=None,
     eta: float | None = None,
@@ -89,11 +95,13 @@ def restore_photo(
     photo's noise in [0, 1] pixel units, ``"estimate"`` to measure it from the photo
     (:func:`~ddrm_helpers.noise.estimate_noise`), or None for the config's. ``mask`` (for
     ``inp_mask``): an image, array or tensor of the photo's size, white / nonzero = keep, black / 0
-    = missing; it is cut and resized with the photo. ``fit``: ``"crop"`` (the centred square) or
-    ``"pad"`` (mirror the edges out to a square) for a photo that is not square. ``reference``: the
-    undamaged image, if there is one, for PSNR/SSIM. ``num_samples``: restorations to draw; the
-    result holds them all, their mean and their per-pixel spread. The other arguments are
-    :func:`~ddrm_helpers.runner.run_config`'s.
+    = missing; it is taken at the photo's size. ``fit``: ``"full"`` (restore the photo at its own size,
+    in tiles of the model's size), or ``"crop"`` (the centred square) / ``"pad"`` (mirror the edges
+    out to a square), resized to the model's size. ``tile_overlap``: pixels shared by neighbouring
+    tiles (default a quarter of a tile, :func:`~ddrm_helpers.tiles.default_overlap`). ``reference``:
+    the undamaged image, if there is one, for PSNR/SSIM (at the result's size). ``num_samples``:
+    restorations to draw; the result holds them all, their mean and their per-pixel spread. The
+    other arguments are :func:`~ddrm_helpers.runner.run_config`'s.
 
     Returns a :class:`RunResult` with ``from_photo=True`` (``degraded`` is the photo as used,
     ``baseline`` its natural inverse, ``notes`` what was done to make it fit), or ``Skipped`` when
@@ -106,22 +114,44 @@ def restore_photo(
     settings = resolve_settings(config, task, 0.0 if estimate else sigma_y, steps, eta, eta_b, seed, num_samples,
                                 classifier_scale=classifier_scale, batch_size=batch_size, device=device,
                                 out_dir=out_dir, save=save, degradation_params=degradation_params,
-                                callback=callback)
+                                callback=callback, tile_overlap=tile_overlap)
     size = int(config.data.image_size)
-    degradation, y, notes = _measure_photo(photo, settings.task, size, mask, fit, degradation_params)
+    name = image_names([photo])[0]
+
+    def check(canvas):  # before the operator is built at the canvas's size, and before any download
+        budget.check_canvas(config, settings, canvas, images=1, what=name)
+
+    degradation, y, notes, canvas = _measure_photo(photo, settings.task, size, mask, fit, degradation_params, check)
     if estimate:
         kept = degradation.mask if isinstance(degradation, Inpainting) else None
         settings = dataclasses.replace(settings, sigma_y=estimate_noise(degradation.degraded_image(y)[0], kept))
         notes.append(f"sigma_y {settings.sigma_y:.3g} estimated from the photo (from its finest detail; "
                      "docs/real-photos.md says how, and when it reads too high).")
-    original = None if reference is None else load_image(reference, size)[None]
+    original = None if reference is None else _reference(reference, size, canvas, notes)
     for note in notes:
         print(note, flush=True)
-    inputs = Inputs(degradation=degradation, names=image_names([photo]), sources=[photo], measurement=y,
+    inputs = Inputs(degradation=degradation, names=[name], sources=[photo], measurement=y,
                     original=original, classes=classes, notes=notes, sigma_y_estimated=estimate)
     restoration = engine.run(config, settings, inputs, store=CheckpointStore.of(store, cache_dir, registry),
                              download=download, progress=progress, callback=callback)
+    if canvas is not None and not isinstance(restoration, Skipped):
+        restoration = canvas.cut_restoration(restoration)
     return report(config, settings, inputs, restoration, out_dir=out_dir, save=save)
+
+
+def _reference(reference, size: int, canvas: Canvas | None, notes: list[str]) -> torch.Tensor:
+    """The reference image ``[1, 3, H, W]``: at the model's size (crop, pad), or at the result's size
+    (full; a reference of another size is resized to it, and the user told)."""
+    if canvas is None:
+        return load_image(reference, size)[None]
+    image = load_image(reference)
+    height, width = canvas.size
+    if tuple(image.shape[1:]) != (height, width):
+        notes.append(f"The reference is {image.shape[2]}x{image.shape[1]}: resized to the result's {width}x{height} "
+                     "to be compared with it.")
+        image = F.interpolate(image[None], size=(height, width), mode="bicubic", antialias=True,
+                              align_corners=False)[0].clamp(-1, 1)
+    return image[None]
 
 
 def measurement_from_photo(degradation: Degradation, photo: torch.Tensor) -> torch.Tensor:
@@ -129,26 +159,18 @@ def measurement_from_photo(degradation: Degradation, photo: torch.Tensor) -> tor
     ``photo`` again (for inpainting: where the mask keeps pixels; for colorization: a colour photo
     comes back grey, ``H(photo)``, the mean of its channels).
 
-    ``photo``: ``[C, h, w]`` or ``[1, C, h, w]`` in [-1, 1], of the size the operator measures:
-    ``degraded_image``'s (a quarter of the image size for ``sr4``, the image size otherwise).
+    ``photo``: ``[C, h, w]`` or ``[1, C, h, w]`` in [-1, 1], of the size the operator measures,
+    ``degradation.measured_shape`` (a quarter of the image size for ``sr4``, the image size otherwise).
     """
     photo = photo if photo.dim() == 4 else photo[None]
-    if isinstance(degradation, WalshHadamardCS):
-        raise DegradationError(
-            f"{degradation.name}: a compressive-sensing measurement is a list of Walsh-Hadamard coefficients, "
-            "not a picture, so no photo can be it; use run_config to simulate one"
-        )
-    expected = tuple(degradation.measured_shape if isinstance(degradation, Separable) else degradation.image_shape)
+    expected = tuple(degradation.measured_shape)
     if tuple(photo.shape) != (1, *expected):
+        degradation.measurement_of(torch.zeros(1, *expected))  # a task no photo can be says so first
         raise DegradationError(
             f"{degradation.name} measures a picture of {'x'.join(map(str, expected))} (channels x height x width); "
             f"the photo is {'x'.join(map(str, photo.shape[1:]))}"
         )
-    if isinstance(degradation, Separable):  # the low-resolution or blurred image itself, in NCHW order
-        return photo.reshape(1, -1)
-    if isinstance(degradation, Colorization) and _is_grey(photo[0]):
-        return photo[:, 0].reshape(1, -1)  # exactly the grey values; H would average three equal ones
-    return degradation.H(photo)
+    return degradation.measurement_of(photo)
 
 
 def degraded_photo(image, task: str, image_size: int, *, sigma_y: float = 0.0, seed: int = 0,
@@ -170,40 +192,54 @@ def degraded_photo(image, task: str, image_size: int, *, sigma_y: float = 0.0, s
     return to_pil(degradation.degraded_image(y)[0])
 
 
-def _measure_photo(photo, task: str, size: int, mask, fit: str, params: dict | None):
-    """The operator, ``y`` and the notes for ``photo`` (see the module docstring)."""
+def _measure_photo(photo, task: str, size: int, mask, fit: str, params: dict | None, check=None):
+    """The operator, ``y``, the notes and (``fit="full"``) the canvas for ``photo`` (see the module docstring)."""
     if fit not in FITS:
-        raise ImageError(f"fit={fit!r}: give 'crop' (the centred square) or 'pad' (mirror the edges to a square)")
+        raise ImageError(f"fit={fit!r}: give 'full' (the photo at its own size), 'crop' (the centred square) or "
+                         "'pad' (mirror the edges to a square)")
     params = dict(params or {})
     if "mask" in params:
-        raise DegradationError("give the inpainting mask as restore_photo(..., mask=...): it is cut and resized "
-                               "with the photo")
+        raise DegradationError("give the inpainting mask as restore_photo(..., mask=...): it is taken with the photo")
+    if task == "inp_mask" and mask is None:
+        raise DegradationError("inp_mask needs mask=...: an image or array of the photo's size, white (nonzero) "
+                               "where the photo is to be kept, black (0) where it is missing")
+    if task != "inp_mask":
+        if mask is not None:
+            raise DegradationError(f"mask= is for task='inp_mask'; {task} does not use a mask")
+        probe = make_degradation(task, size, **params)  # an unknown task or parameter fails here, before the photo
+        probe.measurement_of(torch.zeros(1, *probe.measured_shape))  # and a task no photo can be
     image, grey = _load_photo(photo)
-    notes = []
-    if task == "inp_mask":
-        if mask is None:
-            raise DegradationError("inp_mask needs mask=...: an image or array of the photo's size, white (nonzero) "
-                                   "where the photo is to be kept, black (0) where it is missing")
-        _, height, width = image.shape
-        kept = load_mask(mask, tuple(image.shape), f"inp_mask on a {width}x{height} photo (width x height)")
+    notes, canvas = [], None
+    _, height, width = image.shape
+    kept = None if mask is None else load_mask(mask, tuple(image.shape),
+                                               f"inp_mask on a {width}x{height} photo (width x height)")
+    if fit == "full":
+        canvas = plan_canvas((height, width), scale_factor(task), size)
+        if check is not None:
+            check(canvas)
+        image = canvas.pad_photo(image)
+        kept = None if kept is None else canvas.pad_photo(kept)
+        extra = {} if kept is None else {"mask": kept}
+        degradation = make_degradation(task, canvas.padded, **extra, **params)
+        if canvas.describe():
+            notes.append(canvas.describe())
+    elif task == "inp_mask":
         image, kept, fitted = _fit(image, size, fit, task, size, kept)
         degradation = make_degradation(task, size, mask=kept, **params)
         if fitted:
             fitted.append("The mask was cut and resized with the photo.")
+        notes.extend(fitted)
     else:
-        if mask is not None:
-            raise DegradationError(f"mask= is for task='inp_mask'; {task} does not use a mask")
         degradation = make_degradation(task, size, **params)
-        side = degradation.measured_shape[1] if isinstance(degradation, Separable) else size
-        image, _, fitted = _fit(image, side, fit, task, size)
-    notes.extend(fitted)
+        image, _, fitted = _fit(image, degradation.measured_shape[1], fit, task, size)
+        notes.extend(fitted)
     if isinstance(degradation, Colorization) and not grey:
         notes.append("The photo is in colour: made grey (the mean of its channels, what colorization measures) "
                      "to be coloured again.")
     elif grey and not isinstance(degradation, Colorization):
         notes.append("The photo is grey: used as three equal channels (R = G = B), so the model sees a grey "
                      "picture; task='color' colours a grey photo.")
-    return degradation, measurement_from_photo(degradation, image), notes
+    return degradation, measurement_from_photo(degradation, image), notes, canvas
 
 
 def _load_photo(photo) -> tuple[torch.Tensor, bool]:
@@ -221,14 +257,14 @@ def _fit(image: torch.Tensor, side: int, fit: str, task: str, size: int, mask: t
     notes = []
     _, height, width = image.shape
     if height != width:
-        image = _square(image, fit)
+        image = square(image, fit)
         if mask is not None:
-            mask = _square(mask, fit)
-        square = image.shape[-1]
+            mask = square(mask, fit)
+        side_now = image.shape[-1]
         notes.append(
-            f"The photo is {width}x{height} (width x height), not square: cut to its centred {square}x{square} "
+            f"The photo is {width}x{height} (width x height), not square: cut to its centred {side_now}x{side_now} "
             "square (fit='crop'; fit='pad' keeps all of it)." if fit == "crop" else
-            f"The photo is {width}x{height} (width x height), not square: padded to {square}x{square} by "
+            f"The photo is {width}x{height} (width x height), not square: padded to {side_now}x{side_now} by "
             "mirroring its edges (fit='pad')."
         )
     if image.shape[-1] != side:
@@ -240,17 +276,3 @@ def _fit(image: torch.Tensor, side: int, fit: str, task: str, size: int, mask: t
         if mask is not None:  # nearest, so that the mask stays white and black
             mask = F.interpolate(mask[None].float(), size=(side, side), mode="nearest-exact")[0] >= 0.5
     return image, mask, notes
-
-
-def _square(image: torch.Tensor, fit: str) -> torch.Tensor:
-    """The centred square of ``[C, h, w]`` (``crop``), or the image padded to a square by mirroring
-    it about its edges (``pad``; repeatedly, for a strip narrower than the padding)."""
-    _, height, width = image.shape
-    if fit == "crop":
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        return image[:, top : top + side, left : left + side].clone()
-    side = max(height, width)
-    rows, columns = side - height, side - width
-    padding = ((0, 0), (rows // 2, rows - rows // 2), (columns // 2, columns - columns // 2))
-    return torch.from_numpy(np.pad(image.numpy(), padding, mode="symmetric"))

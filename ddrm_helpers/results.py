@@ -1,4 +1,4 @@
-"""Results: what a run hands back (:class:`RunResult`, or :class:`Skipped`), its metrics and its files.
+"""Results: what a run hands back (:class:`RunResult`, or the engine's :class:`Skipped`), its metrics and its files.
 
 :func:`report` is the end of every interactive run (``run_config``, ``restore_photo``): it makes
 the :class:`RunResult` of a :class:`~ddrm_helpers.engine.Restoration`, measures it against the
@@ -13,6 +13,7 @@ every image's figures (NaN and infinity written as null).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,40 +25,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from .classes import class_name
+from .engine import Inputs, Restoration, Settings, Skipped
 from .images import describe, save_image
 from .metrics import psnr, ssim
 from .paths import exp_dir
 
 if TYPE_CHECKING:
     from .config import Config
-    from .engine import Inputs, Restoration, Settings
-
-
-@dataclass
-class Skipped:
-    """A config that could not run, and why: one line, since the checkpoint table (or the download
-    report printed where the download failed) already says the rest."""
-
-    config: str
-    display: str
-    reason: str
-    remedy: str
-    missing: list[str] = field(default_factory=list)
-    skipped: bool = True
-
-    def __str__(self) -> str:
-        return f"{self.display} skipped: {self.reason} — {self.remedy}"
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return (f"<p><b>{html.escape(self.display)}</b> skipped: {html.escape(self.reason)} — "
-                f"{html.escape(self.remedy)}</p>")
 
 
 @dataclass
 class RunResult:
-    """What one run produced. Images are CPU tensors in [-1, 1], one row per input image.
+    """What one run produced. Images are CPU tensors in [-1, 1], one row per input image; when a run
+    restored images of different sizes at their own sizes (``fit="full"``), each image field is a
+    list of the images' tensors instead (``result.restored[i]`` is image i's either way).
 
     A run of :func:`~ddrm_helpers.runner.run_config` degrades ``original`` itself; a run of
     :func:`~ddrm_helpers.restore.restore_photo` (``from_photo``) starts from the user's photo,
@@ -95,7 +76,8 @@ class RunResult:
     @property
     def finite(self) -> bool:
         """False when the restoration holds NaN or infinity (broken weights, or settings that diverge)."""
-        return bool(torch.isfinite(self.samples if self.samples is not None else self.restored).all())
+        images = self.samples if self.samples is not None else self.restored
+        return all(bool(torch.isfinite(image).all()) for image in images)
 
     def __str__(self) -> str:
         estimated = " (estimated)" if self.sigma_y_estimated else ""
@@ -120,11 +102,42 @@ def report(config: Config, settings: Settings, inputs: Inputs, restoration: Rest
     ``exp/image_samples``) when ``save``, and printed; a ``Skipped`` is handed back as it is."""
     if isinstance(restoration, Skipped):
         return restoration
-    result = make_result(config, settings, inputs, restoration)
+    return finish(make_result(config, settings, inputs, restoration), out_dir=out_dir, save=save)
+
+
+def finish(result: RunResult, *, out_dir=None, save: bool = True) -> RunResult:
+    """Save ``result`` (under ``out_dir``, default ``exp/image_samples``) when ``save``, and print it."""
     if save:
         save_result(result, Path(out_dir) if out_dir is not None else exp_dir() / "image_samples")
     print(result, flush=True)
     return result
+
+
+IMAGE_FIELDS = ("original", "degraded", "baseline", "restored", "samples", "mean", "spread")
+
+
+def combine(parts: list[tuple[list[int], RunResult]]) -> RunResult:
+    """One result of several runs of one config over parts of the inputs: ``parts`` pairs the input
+    indices of each run with its result. Image fields are stacked where every image has the same
+    shape, else kept as lists in input order; metrics, names and classes follow the input order."""
+    order = sorted((index, part, j) for indices, part in parts for j, index in enumerate(indices))
+    first = parts[0][1]
+    fields = {}
+    for name in IMAGE_FIELDS:
+        images = [None if getattr(part, name) is None else getattr(part, name)[j] for _, part, j in order]
+        if any(image is None for image in images):
+            fields[name] = None
+        elif len({tuple(image.shape) for image in images}) == 1:
+            fields[name] = torch.stack(images)
+        else:
+            fields[name] = images
+    classes = None if first.classes is None else [part.classes[j] for _, part, j in order]
+    notes = list(dict.fromkeys(note for _, part in parts for note in part.notes))
+    return dataclasses.replace(
+        first, names=[part.names[j] for _, part, j in order], classes=classes, notes=notes, files=[],
+        metrics=[part.metrics[j] for _, part, j in order] if first.metrics else [],
+        seconds=sum(part.seconds for _, part in parts), **fields,
+    )
 
 
 def make_result(config: Config, settings: Settings, inputs: Inputs, restoration: Restoration) -> RunResult:
@@ -190,7 +203,7 @@ def save_result(result: RunResult, root: Path) -> None:
             result.files.append(save_image(images[i], folder / f"{stem}_{kind}.png"))
         if result.spread is not None:
             for k in range(result.num_samples):
-                result.files.append(save_image(result.samples[i, k], folder / f"{stem}_sample{k + 1}.png"))
+                result.files.append(save_image(result.samples[i][k], folder / f"{stem}_sample{k + 1}.png"))
             result.files.append(save_image(result.mean[i], folder / f"{stem}_mean.png"))
             # Saved as grey, white = the largest spread of the image; that value is in metrics.json.
             top = float(result.spread[i].max())

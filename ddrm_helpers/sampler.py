@@ -20,10 +20,14 @@ and ``x_{t_next} = sqrt(abar_{t_next}) V xbar``. The start, at the largest times
 sequence, is ``xbar_T = ybar + sqrt(sigma_T^2 - sigma_0^2 / s_i^2) n`` where ``s_i sigma_T >= sigma_0``
 and ``sigma_T n`` elsewhere (paper eq. 7; the reference code's rule for the rest).
 
-Noise and reproducibility: the sampler draws ``[B, N]`` standard normals in the spectral domain,
-one before the loop (for ``x_T``) and one per step, in that order, all from ``generator``, on the
-device and in the dtype of ``y``. Coordinate i of a draw serves whichever case i is in. Same
-generator state, device and inputs: same output. (The tests inject their noise this way.)
+Noise and reproducibility: the sampler draws image-shaped standard normals ``[B, C, H, W]``, one
+before the loop (for ``x_T``) and one per step, in that order, all from ``generator`` (or from the
+``noise`` function given instead), on the device and in the dtype of ``y``, and carries each into
+the spectral domain with ``V^T`` (orthonormal, so the spectral draw is standard normal too).
+Coordinate i of a draw serves whichever case i is in. Same generator state, device and inputs: same
+output. Drawn in the image's layout, a pixel's noise does not depend on the canvas around it: for an
+operator that acts per pixel or per block, a large canvas restored with the noise of its tiles gives
+each tile exactly what restoring that tile alone gives (tests/test_tiles.py).
 
 A singular value at or below ``sqrt(eps(dtype)) * max(s)`` (3.5e-4 of the largest in float32)
 is treated as 0: ``ybar_i = (U^T y)_i / s_i`` would amplify the rounding of ``y`` by ``1 / s_i``.
@@ -86,6 +90,7 @@ def ddrm_sample(
     progress: bool = True,
     betas: torch.Tensor | None = None,
     learned_sigma: bool | None = None,
+    noise: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Restore images from ``y = H x + sigma_0 z`` with DDRM; returns ``x_hat`` ``[B, C, H, W]``.
 
@@ -115,6 +120,14 @@ def ddrm_sample(
         learned_sigma: whether the model appends C variance channels to its C noise channels
             (the config's ``model.learn_sigma``). True: its output must have 2C channels, the
             first C are used; False: it must have C; None: told from the output's shape.
+        noise: where the standard normals come from instead of ``generator``: called with no
+            argument before the loop and once per step, it returns ``[B, C, H, W]`` draws (the
+            k-diffusion ``noise_sampler`` hook; the tests hand tiles the noise of their canvas).
+
+    ``model`` may be any callable that behaves like the network on the whole image, such as
+    :class:`~ddrm_helpers.tiles.TiledDenoiser`, which runs the network on overlapping tiles of its
+    own size; ``classifier`` likewise (:class:`~ddrm_helpers.tiles.TiledClassifier`): one that has
+    a ``log_prob_gradient(x, t, classes)`` method gives the guidance gradient itself.
 
     The output is not clipped (noiseless measurements are reproduced exactly: ``H x_hat = y``).
 
@@ -130,6 +143,8 @@ def ddrm_sample(
     (torch.Size([1, 3, 8, 8]), True)
     """
     _check(y, degradation, sigma_0, eta, eta_b, classifier, classes, generator)
+    if noise is not None and not callable(noise):
+        raise SamplingError(f"noise is a function returning standard normals [B, C, H, W]; got {noise!r}")
     if learned_sigma not in (None, True, False):
         raise SamplingError(f"learned_sigma={learned_sigma!r}: give True, False or None (told from the output)")
     batch = y.shape[0]
@@ -149,7 +164,14 @@ def ddrm_sample(
         return math.sqrt((1 - abar[t]) / abar[t])
 
     def normal() -> torch.Tensor:
-        return torch.randn(batch, degradation.input_dim, generator=generator, device=device, dtype=dtype)
+        if noise is None:
+            draw = torch.randn(image_shape, generator=generator, device=device, dtype=dtype)
+        else:
+            draw = noise()
+            if not isinstance(draw, torch.Tensor) or tuple(draw.shape) != image_shape:
+                raise SamplingError(f"noise() must return a tensor of shape {list(image_shape)} (standard normals "
+                                    f"in the image's layout); got {getattr(draw, 'shape', type(draw).__name__)}")
+        return degradation.Vt(draw.to(device=device, dtype=dtype))
 
     s = degradation.add_zeros(degradation.singulars()[None])[0]
     observed = s > s.max() * torch.finfo(dtype).eps ** 0.5
@@ -226,6 +248,15 @@ def _predict_noise(model, x: torch.Tensor, t: torch.Tensor, classes, learned_sig
 
 
 def _log_prob_gradient(classifier, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The guidance gradient: ``classifier.log_prob_gradient(x, t, classes)`` where the classifier
+    gives its own (a tiled one blends its tiles'), else :func:`log_prob_gradient`."""
+    own = getattr(classifier, "log_prob_gradient", None)
+    if own is not None:
+        return own(x, t, classes).to(x.dtype)
+    return log_prob_gradient(classifier, x, t, classes)
+
+
+def log_prob_gradient(classifier, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """``grad_x sum_b log softmax(classifier(x, t))[b, classes[b]]`` at ``x``.
 
     Outside inference mode, also when called inside it: the inputs are copied to ordinary tensors
@@ -246,10 +277,13 @@ def _compile(model, mode: str):
 
 
 def _network_for_sampling(model):
-    """``model``, or its compiled form when the fast-path switch ``compile_mode`` is set."""
+    """``model``, or its compiled form when the fast-path switch ``compile_mode`` is set. A wrapper
+    that holds a network (``map_network``, such as a tiled one) gets its network compiled inside."""
     mode = fast_path().compile_mode
     if mode is None:
         return model
+    if hasattr(model, "map_network"):
+        return model.map_network(_network_for_sampling)
     return _CompiledNetwork(model, mode)
 
 

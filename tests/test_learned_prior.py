@@ -144,7 +144,9 @@ def test_noiseless_measurements_are_reproduced(served, digits, task):
     store = served[0]
     config = load_config(PRIOR_CONFIG)
     model = load_pretrained(config, device="cpu", paths=store.paths(config, download=False)).model
-    x = load_images(digits[0][:16], 8)
+    # All 48 digits: one sample of 16 is too few for the margin below (sr2 gained -0.7 to +3.3 dB on
+    # batches of 16 with seed 0; +1.6 to +2.3 on the 48 with seeds 0 to 5).
+    x = load_images(digits[0], 8)
     op = make_degradation(task, 8, channels=3)
     y = op.H(x)
     x_hat = ddrm_sample(model, y, op, 0.0, steps=20, generator=torch.Generator().manual_seed(0), progress=False,
@@ -174,7 +176,9 @@ PHOTO_COLOUR = 0.01  # mean |channel - mean of the channels| of the samples, in 
 def test_restore_photo_restores_degraded_digits(served, digits, task):
     store = served[0]
     sigma_y, needed = PHOTOS[task]
-    clean = torch.tensor(np.stack(digits[0][:12]), dtype=torch.float32)[:, None].expand(-1, 3, -1, -1) * 2 - 1
+    # 24 digits: on 12, the sr2 gain ranged +1.7 to +2.7 dB over seeds (both before and after the
+    # sampler's noise moved to the image's layout); on these 24, +2.8 to +2.9 over four seed offsets.
+    clean = torch.tensor(np.stack(digits[0][:24]), dtype=torch.float32)[:, None].expand(-1, 3, -1, -1) * 2 - 1
     generator = torch.Generator().manual_seed(7)
     if task == "deno":
         photos = clean + 2 * sigma_y * torch.randn(clean.shape, generator=generator)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .conftest import REPO
 from .faulty_server import FaultyServer
-from .tiny_models import install_tiny_checkpoints
+from .tiny_models import TINY_OVERRIDES, install_tiny_checkpoints
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.timeout(960)]  # > execute()'s 900 s
 
@@ -197,6 +197,11 @@ def test_cells_that_use_other_cells_results_run_alone_in_a_fresh_kernel(tmp_path
 def test_smoke_run_with_tiny_checkpoints_runs_all_three_configs(tmp_path, monkeypatch):
     with FaultyServer() as server:
         install_tiny_checkpoints(server, tmp_path, monkeypatch)
+        # Section 9c colours the grey cat at its own size, 451x300: 60 tiles of the tiny model's 64 pixels
+        # (6 of the real model's 256). The cells that take Config 2's default number of steps take 4 here, to
+        # keep the run short; the cells that set STEPS keep theirs.
+        monkeypatch.setenv("DDRM_CONFIG_OVERRIDES", json.dumps(
+            {**TINY_OVERRIDES, "imagenet_256": {**TINY_OVERRIDES["imagenet_256"], "ddrm.steps": 4}}))
         monkeypatch.setenv("DDRM_EXP_DIR", str(tmp_path / "exp"))
         notebook = execute()
 
@@ -211,7 +216,8 @@ def test_smoke_run_with_tiny_checkpoints_runs_all_three_configs(tmp_path, monkey
         cell = cell_with(notebook, snippet)
         assert images_in(cell) == 1, snippet  # the photo, its samples and their spread, inline
         assert "skipped" not in text_of(cell), snippet
-    assert "not square: cut to its centred" in text_of(cell_with(notebook, "photo_color = "))
+    # The grey cat (451x300) at its own size, in the tiny model's tiles of 64 with the default overlap of 16
+    assert "451x300 (width x height) is restored as 60 tiles of 64x64" in text_of(cell_with(notebook, "photo_color = "))
     assert "estimated from the photo" in text_of(cell_with(notebook, "photo_denoised = "))
     frames = cell_with(notebook, FRAMES_CELL)
     assert images_in(frames) == 1 and html_in(frames).count("data:image/png;base64") == 20  # strip, animation
@@ -222,6 +228,8 @@ def test_smoke_run_with_tiny_checkpoints_runs_all_three_configs(tmp_path, monkey
                            "imagenet_256_inp_mask", "celeba_hq_sr4", "imagenet_256_sr4", "imagenet_256_cc_sr4",
                            "celeba_hq_photo_sr_bicubic4", "imagenet_256_photo_color", "celeba_hq_photo_inp_mask",
                            "celeba_hq_photo_deblur", "celeba_hq_photo_deno"])
+    coloured = next(samples.glob("imagenet_256_photo_color_*/00_*_restored.png"))
+    assert Image.open(coloured).size == (451, 300)  # the grey cat, coloured at its own size
     spread = next(samples.glob("celeba_hq_photo_sr_bicubic4_*/00_*_spread.png"))
     assert len(list(spread.parent.glob("00_*_sample*.png"))) == 4
     pixels = np.asarray(Image.open(spread).convert("RGB"))

@@ -121,9 +121,9 @@ def test_photos_shrunk_by_pil_are_what_sr4_and_sr_bicubic4_measure():
     assert levels.max() < 8  # bicubic: a few levels at the sharpest edges
 
 
-def test_a_photo_of_another_size_is_cropped_or_padded_then_resized_and_the_user_is_told(tiny, capsys):
+def test_with_crop_or_pad_a_photo_of_another_size_is_made_square_then_resized_and_the_user_is_told(tiny, capsys):
     wide = torch.linspace(-1, 1, 3 * 8 * 10).reshape(3, 8, 10)  # 10 wide, 8 high; sr4 at 32 wants 8x8
-    cropped = restore(wide, "sr4", steps=1)
+    cropped = restore(wide, "sr4", steps=1, fit="crop")
     assert torch.equal(cropped.degraded[0], wide[:, :, 1:9])  # its centred 8x8 square, as it is
     assert cropped.notes == ["The photo is 10x8 (width x height), not square: cut to its centred 8x8 square "
                              "(fit='crop'; fit='pad' keeps all of it)."]
@@ -137,17 +137,17 @@ def test_a_photo_of_another_size_is_cropped_or_padded_then_resized_and_the_user_
     rows = padded.degraded[0]
     assert torch.equal(rows[:, 1:7], low) and torch.equal(rows[:, 0], low[:, 0]) and torch.equal(rows[:, 7], low[:, 5])
 
-    resized = restore(low, "sr4", steps=1)
+    resized = restore(low, "sr4", steps=1, fit="crop")
     assert resized.notes[1] == "Resized from 6x6 to 8x8: sr4 makes the model's 32x32 out of 8x8."
     assert resized.degraded.shape == (1, 3, 8, 8)
-    small = restore(load_image(FACE, 16), "deno", steps=1)
+    small = restore(load_image(FACE, 16), "deno", steps=1, fit="crop")
     assert small.notes == ["Resized from 16x16 to 32x32, the model's size."]
 
 
 def test_a_mask_is_fitted_with_the_photo_and_a_wrong_mask_fails_clearly(tiny):
     photo = Image.new("RGB", (48, 40), (200, 100, 50))  # 48 wide, 40 high; no pixel is black
     mask = box_mask((40, 48), top=4, left=20, height=8, width=8)  # white = keep, black = fill in
-    result = restore(photo, "inp_mask", mask=mask, steps=1, sigma_y=0.0)
+    result = restore(photo, "inp_mask", mask=mask, steps=1, sigma_y=0.0, fit="crop")
     assert result.notes[-1] == "The mask was cut and resized with the photo."
     missing = (result.degraded[0] == -1).all(dim=0)  # the measurement shows missing pixels black
     assert 4 * 4 < missing.sum() < 8 * 8  # the 8x8 box, cut to 40x40 and shrunk by 32/40
@@ -180,7 +180,7 @@ def test_bad_input_fails_clearly_before_any_download(server, tiny):
     photo = load_image(FACE, SIZE)
     with pytest.raises(DegradationError, match="cs4: a compressive-sensing measurement .* not a picture"):
         restore(photo, "cs4")
-    with pytest.raises(ImageError, match="fit='square': give 'crop'"):
+    with pytest.raises(ImageError, match="fit='square': give 'full'"):
         restore(photo, "deno", fit="square")
     with pytest.raises(ValueError, match="or 'estimate'; got 'guess'"):
         restore(photo, "deno", sigma_y="guess")
@@ -189,7 +189,7 @@ def test_bad_input_fails_clearly_before_any_download(server, tiny):
     with pytest.raises(ImageError, match="1 or 3 channels"):
         restore(torch.zeros(2, SIZE, SIZE), "deno")
     with pytest.raises(DegradationError, match="does not divide the image size"):
-        restore(photo, "sr3")
+        restore(photo, "sr3", fit="crop")  # at its own size (fit="full") a 32x32 photo is 96x96 after sr3
     assert server.log == []
 
 
@@ -222,7 +222,7 @@ def test_the_spread_is_zero_where_the_measurement_decides_and_not_where_the_mode
 def test_a_reference_gives_scores_and_every_output_is_saved(tiny):
     reference = load_image(FACE, SIZE)
     photo = torch.nn.functional.avg_pool2d(reference[None], 4)[0]  # exactly what sr4 measures
-    result = restore(photo, "sr4", sigma_y=0.0, reference=FACE, num_samples=2, save=True)
+    result = restore(photo, "sr4", sigma_y=0.0, reference=reference, num_samples=2, save=True)
     [row] = result.metrics
     assert {"psnr_restored", "ssim_restored", "psnr_degraded", "ssim_degraded", "psnr_mean", "ssim_mean"} <= set(row)
     folder = result.out_dir

@@ -81,7 +81,8 @@ class LinearClassifier:
 def paper_ddrm(model, y, sigma_0, steps, eta, eta_b, generator, classifier=None, classes=None, scale=1.0):
     """DDRM as the paper writes it, one coordinate at a time, for the ``Rotated`` problem (U = I).
 
-    Noise: one [B, N] normal for x_T, then one per step, from ``generator``, as documented.
+    Noise: one image-shaped [B, C, H, W] normal for x_T, then one per step, from ``generator``,
+    carried to the spectral domain by V^T, as documented.
     Returns the output, the x_t the network saw, and how often each case of eq. 8 ran.
     """
     op = Rotated()
@@ -93,7 +94,7 @@ def paper_ddrm(model, y, sigma_0, steps, eta, eta_b, generator, classifier=None,
     def sigma(t):
         return 0.0 if t < 0 else math.sqrt((1 - ABAR[t]) / ABAR[t])
 
-    z = torch.randn(batch, n, generator=generator, dtype=F64)
+    z = torch.randn(batch, 1, 2, 4, generator=generator, dtype=F64).reshape(batch, n) @ q
     big = sigma(times[-1])
     xbar = torch.zeros(batch, n, dtype=F64)
     for b in range(batch):
@@ -114,7 +115,7 @@ def paper_ddrm(model, y, sigma_0, steps, eta, eta_b, generator, classifier=None,
             eps = eps - math.sqrt(1 - a) * scale * classifier.gradient(x_t, classes)
         x0 = (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
         x0bar = x0.reshape(batch, n) @ q
-        z = torch.randn(batch, n, generator=generator, dtype=F64)
+        z = torch.randn(batch, 1, 2, 4, generator=generator, dtype=F64).reshape(batch, n) @ q
         now, nxt = sigma(t), sigma(t_next)
         new = torch.zeros(batch, n, dtype=F64)
         for b in range(batch):
