@@ -172,7 +172,7 @@ class Folder:
                 write(file)
                 file.flush()
                 os.fsync(file.fileno())
-            self._check_target(name, role)
+            self.check_target(name, role)
             os.replace(partial, where, src_dir_fd=at, dst_dir_fd=at)
         except BaseException as err:
             with contextlib.suppress(OSError):
@@ -220,7 +220,8 @@ class Folder:
             raise
         return os.fdopen(fd, mode)
 
-    def _check_target(self, name: str, role: str) -> None:
+    def check_target(self, name: str, role: str) -> None:
+        """Refuse in one line what stands at ``name`` unless it is absent or our own plain file."""
         where, at = self._at(name)
         try:
             st = os.stat(where, dir_fd=at, follow_symlinks=False)

@@ -8,6 +8,7 @@ opened the pipe would read a real PNG from it and go on, so the test would fail,
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -41,9 +42,9 @@ def png_header(path, width: int, height: int):
 def pipe_with_a_png(path):
     """A named pipe at ``path`` with a writer waiting to hand a real 8x8 PNG to whoever opens it."""
     os.mkfifo(path)
-    image = path.with_name("real.png")
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(image)
-    payload = image.read_bytes()
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="PNG")
+    payload = buffer.getvalue()
     opened = []
 
     def feed():
@@ -100,6 +101,7 @@ def test_a_photo_is_opened_only_if_it_is_a_regular_file(tmp_path):
         open_regular(tmp_path)
     with pytest.raises(FileNotFoundError, match="No image at"):
         open_regular(tmp_path / "absent.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "real.png")
     link = tmp_path / "link.png"
     link.symlink_to(tmp_path / "real.png")  # a link to a regular file is the user's own choice
     assert to_rgb_pil(link).size == (8, 8)
