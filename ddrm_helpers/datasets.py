@@ -154,9 +154,11 @@ class _Walk:
         raise ImageError(f"{self.root}: {name} is a link to {real}, outside the data set's folder; links out of a "
                          "data set are not followed (copy the file in, or give the folder that holds it)")
 
-    def new_folder(self, path: Path, name: str) -> bool:
-        """Whether the folder at ``path`` (inside the root) is walked for the first time."""
-        st = os.stat(self.inside(path, name))
+    def new_folder(self, path: Path, name: str, link: bool = True) -> bool:
+        """Whether the folder at ``path`` is walked for the first time; if it is reached through a
+        ``link``, it must lie inside the root (a folder that is not a link, in one that is inside,
+        is inside)."""
+        st = os.stat(self.inside(path, name) if link else path)
         key = (st.st_dev, st.st_ino)
         if key in self.folders:
             self.repeated.append(name)
@@ -228,41 +230,55 @@ def _from_folder(folder: Path) -> DataSet:
 
 def _from_class_folders(folder: Path, classes: list[str]) -> DataSet:
     """torchvision's ``ImageFolder`` layout, in its order (class folders by name; within each, the
-    folders below it sorted by path, their files by name), walked without leaving the root."""
+    folders below it sorted by path, their files by name), walked without leaving the root. Every
+    class's own folders are walked first, links to folders after, so that a link into another
+    class (or back up) leads to folders already taken and gives no image a second label."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     walk = _Walk(folder, f"the ImageFolder {folder}")
-    walk.new_folder(folder, ".")
-    for name in classes:  # each class's images are its own, whatever links lead into it
+    walk.new_folder(folder, ".", link=False)
+    for name in classes:
         walk.new_folder(folder / name, name)
-    found, empty = [], []
+    below = {name: [] for name in classes}
+    pending = [(path, inner, name) for name in classes for path, inner in _walk_real(walk, folder / name, name,
+                                                                                      below[name])]
+    while pending:
+        path, inner, name = pending.pop(0)
+        if walk.new_folder(path, inner):
+            pending += [(more, deeper, name) for more, deeper in _walk_real(walk, path, inner, below[name])]
+    empty = []
     for label, name in enumerate(classes):
-        below: list[tuple[str, list[str]]] = []
-        _walk_below(walk, folder / name, name, below)
-        images = [(os.path.join(folder, here), file) for here, files in sorted(below) for file in files
+        images = [(os.path.join(folder, here), file) for here, files in sorted(below[name]) for file in files
                   if file.lower().endswith(IMG_EXTENSIONS)]
         if not images:
             empty.append(name)
-        found += [(Path(here) / file, label) for here, file in images]
+        for here, file in images:
+            path = Path(here) / file
+            walk.add(path, path.relative_to(folder).as_posix(), label)
     if empty:
         raise ImageError(f"{folder}: the class folder(s) {', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''} "
                          f"hold no image ({', '.join(IMG_EXTENSIONS)})")
-    for path, label in found:
-        walk.add(path, path.relative_to(folder).as_posix(), label)
     return walk.data_set(False, len(classes))
 
 
-def _walk_below(walk: _Walk, here: Path, name: str, below: list) -> None:
-    """``below`` gets ``(name, files)`` for ``here`` and every folder under it not walked before."""
-    files = []
-    for entry in _entries(here):
-        inner = f"{name}/{entry.name}"
-        if _is_folder(entry):
-            if walk.new_folder(here / entry.name, inner):
-                _walk_below(walk, here / entry.name, inner, below)
-        else:
-            files.append(entry.name)
-    below.append((name, files))
+def _walk_real(walk: _Walk, top: Path, name: str, below: list) -> list[tuple[Path, str]]:
+    """``below`` gets ``(name, files)`` for ``top`` and each folder under it that is not a link
+    (with a stack, not recursion: a tree of any depth); returns the links to folders met there,
+    not followed."""
+    waiting, links = [(top, name)], []
+    while waiting:
+        here, name = waiting.pop()
+        files = []
+        for entry in _entries(here):
+            inner = f"{name}/{entry.name}"
+            if not _is_folder(entry):
+                files.append(entry.name)
+            elif entry.is_symlink():
+                links.append((here / entry.name, inner))
+            elif walk.new_folder(here / entry.name, inner, link=False):
+                waiting.append((here / entry.name, inner))
+        below.append((name, files))
+    return links
 
 
 def _from_samples(samples, root: Path, classes: int, description: str) -> DataSet:

@@ -294,6 +294,14 @@ def test_a_link_loop_in_an_image_folder_gives_each_image_once(tmp_path):
     (classes / "cats" / "out").symlink_to(outside, target_is_directory=True)
     with pytest.raises(ImageError, match=r"cats/out is a link to .*private, outside the data set's folder"):
         open_data(classes)
+    (classes / "cats" / "out").unlink()
+    deep = classes / "dogs"
+    for _ in range(1100):  # deeper than Python's recursion limit
+        deep = deep / "d"
+        deep.mkdir()
+    Image.new("RGB", (8, 8)).save(deep / "bottom.png")
+    assert open_data(classes).items[-1].name == "dogs/" + "d/" * 1100 + "bottom.png"
+
     flat = make_images(tmp_path / "flat", 2)
     (flat / "img09.png").symlink_to(outside / "img00.png")
     with pytest.raises(ImageError, match=r"flat: img09.png is a link to .*private/img00.png, outside"):
