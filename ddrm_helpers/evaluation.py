@@ -165,7 +165,10 @@ def evaluate(
     folder = Path(out_dir).expanduser()
     run_folder = None
     try:
-        problems = ranks.on_zero(lambda: _look(folder, run, data_set, size))
+        done = ranks.on_zero(lambda: survey(folder, run, data_set).done)
+        todo = [i for i in range(len(data_set)) if i not in done]
+        checked = ranks.gather(check_images(data_set, todo[ranks.rank::ranks.world]))  # each rank its share
+        problems = ranks.on_zero(lambda: _say_problems(data_set, todo, done, checked, size))
         networks = None
 
         def load_first():  # rank 0 fetches what is missing; the others then find it verified
@@ -215,14 +218,13 @@ def evaluate(
         ranks.close()
 
 
-def _look(folder: Path, run: dict, data_set: DataSet, size: int) -> dict[int, str]:
-    """Rank 0, before anything is loaded or written: the output folder checked (:func:`survey`),
-    every image left to do opened and decoded; those that cannot be used, each said in one line.
-    Returns them by index, with their errors. Refuses a data set none of whose images can be read."""
-    found = survey(folder, run, data_set)
-    todo = [i for i in range(len(data_set)) if i not in found.done]
-    problems, sizes = check_images(data_set, todo)
-    if todo and len(problems) == len(todo) and not found.done:
+def _say_problems(data_set: DataSet, todo: list[int], done: set[int], checked: list, size: int) -> dict[int, str]:
+    """Rank 0, before anything is loaded or written: the images of ``todo`` that cannot be used
+    (from every rank's :func:`~ddrm_helpers.datasets.check_images`), each said in one line, and
+    returned by index with their errors; a data set none of whose images can be read is refused."""
+    problems = {index: problem for part, _ in checked for index, problem in part.items()}
+    sizes = {index: found for _, part in checked for index, found in part.items()}
+    if todo and len(problems) == len(todo) and not done:
         first = todo[0]
         raise ImageError(f"none of the {len(todo)} images of {data_set.description} can be read "
                          f"({data_set[first].name}: {problems[first]})")
@@ -233,7 +235,7 @@ def _look(folder: Path, run: dict, data_set: DataSet, size: int) -> dict[int, st
     if len(problems) > SAID_MAX:
         print(f"... and {len(problems) - SAID_MAX} more image(s) that cannot be evaluated: their records say why.",
               flush=True)
-    small = [i for i, (width, height) in sizes.items() if min(width, height) < size]
+    small = sorted(i for i, (width, height) in sizes.items() if min(width, height) < size)
     if small:
         width, height = sizes[small[0]]
         print(f"note: {len(small)} image(s) are smaller than the model's {size}x{size} and are upscaled to it, so "

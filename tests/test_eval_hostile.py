@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -265,6 +266,25 @@ def test_list_entries_absolute_or_climbing_out_of_root_are_refused_naming_their_
     assert [item.name for item in open_data(listing, root=root).items] == ["img01.png", "./img00.png"]
 
 
+@contextmanager
+def deep_tree(top, depth: int):
+    """``depth`` folders ``d`` nested under ``top``; yields the deepest. Removed afterwards one by
+    one, from the bottom: pytest's own clean-up (shutil.rmtree) recurses and would fail on it."""
+    chain = [top / "d"]
+    for _ in range(depth - 1):
+        chain.append(chain[-1] / "d")
+    for folder in chain:
+        folder.mkdir()
+    try:
+        yield chain[-1]
+    finally:
+        for folder in reversed(chain):
+            for leftover in folder.iterdir():
+                if not leftover.is_dir() or leftover.is_symlink():
+                    leftover.unlink()
+            folder.rmdir()
+
+
 def test_a_link_loop_in_an_image_folder_gives_each_image_once(tmp_path):
     from torchvision.datasets import ImageFolder
 
@@ -295,12 +315,9 @@ def test_a_link_loop_in_an_image_folder_gives_each_image_once(tmp_path):
     with pytest.raises(ImageError, match=r"cats/out is a link to .*private, outside the data set's folder"):
         open_data(classes)
     (classes / "cats" / "out").unlink()
-    deep = classes / "dogs"
-    for _ in range(1100):  # deeper than Python's recursion limit
-        deep = deep / "d"
-        deep.mkdir()
-    Image.new("RGB", (8, 8)).save(deep / "bottom.png")
-    assert open_data(classes).items[-1].name == "dogs/" + "d/" * 1100 + "bottom.png"
+    with deep_tree(classes / "dogs", 1100) as bottom:  # deeper than Python's recursion limit
+        Image.new("RGB", (8, 8)).save(bottom / "bottom.png")
+        assert open_data(classes).items[-1].name == "dogs/" + "d/" * 1100 + "bottom.png"
 
     flat = make_images(tmp_path / "flat", 2)
     (flat / "img09.png").symlink_to(outside / "img00.png")
