@@ -139,7 +139,10 @@ def evaluate(
     as for :func:`~ddrm_helpers.runner.run_config`.
 
     Returns an :class:`Evaluation` (also printed by rank 0), or the :class:`Skipped` of a config
-    whose checkpoints cannot be had. Bad arguments raise ``ValueError`` before anything is loaded.
+    whose checkpoints cannot be had (nothing written). Bad arguments, and an output folder that
+    cannot be used as it is (:class:`~ddrm_helpers.errors.OutDirError`), raise ``ValueError``
+    before anything is loaded or written; a write that fails (a full disk) raises
+    :class:`~ddrm_helpers.errors.OutDirWriteError`, and the same call again resumes.
     """
     config = load_config(config_name)
     local_rank, world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
