@@ -76,7 +76,7 @@ def describe(source: ImageSource) -> str:
 def to_rgb_pil(source: ImageSource) -> Image.Image:
     """Any accepted source as an 8-bit RGB PIL image."""
     if isinstance(source, (str, os.PathLike)):
-        image = _open(Path(source))
+        image = open_image(source)
     elif isinstance(source, Image.Image):
         check_pixels(source.height, source.width, "the image")
         image = source
@@ -116,7 +116,7 @@ def probe(path: str | os.PathLike) -> tuple[int, int]:
     """The (width, height) of the image file at ``path``, after checking that it can be used: a
     regular file, within :data:`MAX_PIXELS`, decoded to the end (a truncated file fails here).
     Raises ``ImageError`` (or ``FileNotFoundError``) in one line, as :func:`load_image` would."""
-    return _open(Path(path)).size
+    return open_image(path).size
 
 
 def center_square(image: Image.Image, size: int) -> Image.Image:
@@ -230,8 +230,9 @@ def read_image_file(file, name: str) -> Image.Image:
     return image
 
 
-def _open(path: Path) -> Image.Image:
-    with open_regular(path) as file:
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """The image file at ``path``, decoded (as :func:`read_image_file`), if it is a regular file."""
+    with open_regular(Path(path)) as file:
         return read_image_file(file, str(path))
 
 

@@ -132,3 +132,13 @@ def test_run_and_restore_refuse_a_bomb_header_or_a_pipe_in_one_line_before_any_d
     assert "/dev/zero is a device file" in line
     untouched(guarded, tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_upload_declaring_more_pixels_than_the_limit_is_one_line(tmp_path):
+    from ddrm_helpers.notebook import uploaded_images
+
+    bomb = png_header(tmp_path / "bomb.png", 50_000, 50_000).read_bytes()
+    with pytest.raises(ImageError) as info:
+        uploaded_images({"bomb.png": bomb})  # as google.colab.files.upload() gives it
+    text = str(info.value)
+    assert "\n" not in text and text.startswith("the upload 'bomb.png' declares 2,500,000,000 pixels")
