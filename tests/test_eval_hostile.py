@@ -216,6 +216,16 @@ def test_unreadable_images_are_said_before_loading_recorded_with_their_error_and
     assert json.loads((out / "summary.json").read_text())["unreadable"] == 2
 
 
+def test_an_image_smaller_than_the_model_is_said_before_loading_and_evaluated_upscaled(tiny, tmp_path, capsys):
+    data, out = make_images(tmp_path / "data", 2), tmp_path / "out"
+    Image.new("RGB", (20, 16), (90, 10, 10)).save(data / "small.png")
+    assert cli.main(argv(data, out)) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert said == ["note: 1 image(s) are smaller than the model's 32x32 and are upscaled to it, so their figures "
+                    "compare against an upscaled original (first: small.png, 20x16)."]
+    assert [r["name"] for r in lines(out / "records.jsonl")] == ["img00.png", "img01.png", "small.png"]
+
+
 def test_a_data_set_none_of_whose_images_can_be_read_is_refused_and_writes_nothing(tiny, tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
