@@ -193,8 +193,9 @@ def evaluate(
         def take():  # rank 0: the lock, the settings, the errors of the images that cannot be read
             nonlocal run_folder
             run_folder, found = begin(folder, run, data_set, problems)
-            done = found.done
-            return [i for i in range(len(data_set)) if i not in done and i not in problems], len(done)
+            done = found.done  # (it may hold images beyond this run's --limit: those of a larger one)
+            remaining = [i for i in range(len(data_set)) if i not in done and i not in problems]
+            return remaining, sum(1 for i in range(len(data_set)) if i in done)
 
         remaining, resumed = ranks.on_zero(take)
         if ranks.rank != 0:

@@ -81,7 +81,9 @@ def test_links_planted_at_the_temporary_names_eval_used_are_not_written_through(
     assert [r["index"] for r in lines(out / "records.jsonl")] == [0, 1, 2, 3]
     assert sorted(p.name for p in (out / "restored").iterdir() if not p.is_symlink()) == [
         f"{i:06d}.png" for i in range(4)]
-    capsys.readouterr()
+    assert f"Resuming {out}: 2 of 4 images already have a record." in capsys.readouterr().out
+    assert cli.main(argv(data, out, "--limit", "1")) == 0  # a smaller --limit: the first image, done
+    assert f"Resuming {out}: 1 of 1 images already have a record." in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["summary.md", "records.jsonl", "records/rank-00000.jsonl", "restored/000002.png",
