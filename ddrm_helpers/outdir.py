@@ -108,8 +108,8 @@ class Folder:
             fd = os.open(where, os.O_RDONLY | DIRECTORY | NOFOLLOW | CLOEXEC, dir_fd=at)
         except FileNotFoundError:
             return None
-        except (NotADirectoryError, OSError) as err:
-            if isinstance(err, NotADirectoryError) or err.errno in NOT_A_FILE:
+        except OSError as err:
+            if err.errno in NOT_A_FILE or err.errno == errno.ENOTDIR:
                 raise OutDirError(_refusal(self.path / name, role, _folder_problem(self.path / name))) from None
             raise
         return Folder(self.path / name, fd)
