@@ -24,8 +24,13 @@ Modules, one idea each:
 - ``runner``       ``run_config``: one config end to end (images, degrade, restore, measure, save)
 - ``restore``      ``restore_photo``: a user's degraded photo is the measurement; restore it
 - ``evaluation``   ``evaluate``: a config on a data set, resumable, on one GPU or many (torchrun)
-- ``datasets``     the data sets ``evaluate`` reads: a folder, a list file, an ImageFolder
+- ``datasets``     the data sets ``evaluate`` reads: a folder, a list file, an ImageFolder; each image checked
 - ``summary``      an evaluation's table: mean and 95% interval per metric, beside the paper's figures
+- ``runfolder``    the evaluation folder over a run's life: looked at, taken, written, finished
+- ``records``      an evaluation's records: one line per image, read back to resume, bad lines set aside
+- ``outdir``       the evaluation folder's file rules: no link followed, whole files, a lock
+- ``ranks``        an evaluation's processes under torchrun: rank 0's work handed to every rank
+- ``distribution`` KID and FID of an evaluation, over every rank
 - ``noise``        ``estimate_noise``: a photo's noise level from the photo alone
 - ``display``      ``show_results`` / ``show_grid``: the inline figures
 - ``progress``     the restoration as it happens: ``collect_frames``, ``show_progress``, ``animate_progress``
@@ -65,6 +70,7 @@ _SOURCES = {
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 _SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "engine", "images", "metrics", "notebook", "paths",
                "safefs", "selftest", "summary", "validate", "verify")
+_SUBMODULES += ("distribution", "outdir", "ranks", "records", "runfolder")  # the evaluation's
 
 __all__ = [
     "ArgumentError",

@@ -25,8 +25,8 @@ asked for is still missing afterwards. ``run`` exits 1 when no config could run 
 says why), or when a restoration is not finite (NaN or infinity: its summary line says FAILED);
 so do ``demo`` and ``restore``. ``restore`` restores your own degraded photo (docs/real-photos.md);
 it exits 1 when the config cannot run. ``eval`` evaluates a config on a data set, resumably, and
-under ``torchrun`` on several GPUs (docs/evaluation.md); it exits 1 when the config cannot run or a
-restoration is not finite.
+under ``torchrun`` on several GPUs (docs/evaluation.md); it exits 1 when the config cannot run, a
+restoration is not finite, an image could not be read (its record says why) or the disk filled up.
 
 Every command exits 2 on bad input, with one line ``error: ...`` and no traceback, before anything
 is downloaded or loaded: an argument out of range (``--steps`` outside 1 to the diffusion's
@@ -244,16 +244,21 @@ def _selftest(args) -> int:
 
 
 def _eval(args) -> int:
+    from .errors import OutDirWriteError
     from .evaluation import evaluate
 
-    result = evaluate(
-        args.config, args.data, task=args.task, sigma_y=args.sigma_y, steps=args.steps, seed=args.seed,
-        out_dir=args.out, root=args.root, limit=args.limit, features=None if args.no_kid else "inception",
-        inception_weights=args.inception_weights, store=_store(args), device=args.device,
-    )
+    try:
+        result = evaluate(
+            args.config, args.data, task=args.task, sigma_y=args.sigma_y, steps=args.steps, seed=args.seed,
+            out_dir=args.out, root=args.root, limit=args.limit, features=None if args.no_kid else "inception",
+            inception_weights=args.inception_weights, store=_store(args), device=args.device,
+        )
+    except OutDirWriteError as err:  # a full disk: not bad input, but one line too; a rerun resumes
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if result.skipped and os.environ.get("RANK", "0") == "0":
         print("Nothing could run: see the reason above.", file=sys.stderr)
-    return 0 if _ran_well(result) else 1
+    return 0 if _ran_well(result) and (result.skipped or result.complete) else 1
 
 
 def check_arguments(args) -> None:

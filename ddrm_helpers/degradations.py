@@ -603,8 +603,9 @@ def load_mask(mask, shape: tuple[int, int, int], name: str) -> torch.Tensor:
     nonzero (or True) is kept, as in the reference's ``.npy`` masks.
     """
     if isinstance(mask, (str, os.PathLike)):
-        with Image.open(mask) as image:
-            mask = np.asarray(image.convert("L")) >= 128
+        from .images import open_image  # a regular file only, its size checked before decoding
+
+        mask = np.asarray(open_image(mask).convert("L")) >= 128
     elif isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L")) >= 128
     mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)

@@ -195,7 +195,7 @@ def check_classes(config: Config, classes, count: int) -> list[int] | None:
 def load_networks(config: Config, store: CheckpointStore | None = None, *, device=None,
                   download: bool | None = None, progress: bool = True):
     """The config's networks on ``device`` (:func:`~ddrm_helpers.models.load_pretrained`), or the
-    :class:`~ddrm_helpers.results.Skipped` that says in one line why they cannot be had.
+    :class:`Skipped` that says in one line why they cannot be had.
 
     ``download``: None fetches a missing file unless its download already failed in this process;
     True tries again; False never downloads.
@@ -220,7 +220,7 @@ def load_networks(config: Config, store: CheckpointStore | None = None, *, devic
 def run(config: Config, settings: Settings, inputs: Inputs, *, store: CheckpointStore | None = None,
         download: bool | None = None, progress: bool = True, callback=None) -> Restoration | Skipped:
     """Everything after the inputs are made: the classes checked, the checkpoints found (else a
-    :class:`~ddrm_helpers.results.Skipped`, printed), the networks loaded, the inputs restored."""
+    :class:`Skipped`, printed), the networks loaded, the inputs restored."""
     inputs = dataclasses.replace(inputs, classes=check_classes(config, inputs.classes, inputs.count))
     networks = load_networks(config, store, device=settings.device, download=download, progress=progress)
     if isinstance(networks, Skipped):

@@ -63,3 +63,19 @@ class ArgumentError(ValueError):
     """An argument that cannot work here, found before anything is downloaded or loaded: a device
     PyTorch cannot use on this machine, an output folder that is a file or cannot be written, a
     seed or a count out of range, ... (see :mod:`ddrm_helpers.validate`)."""
+
+
+class OutDirError(ArgumentError):
+    """The evaluation folder (``--out``) cannot be used as it is: a link, a folder or another file
+    where one of its files belongs, a file with several hard links or of another owner, files of
+    something else in a folder without ``run.json``, or another evaluation running there
+    (:mod:`ddrm_helpers.outdir`). Nothing was written; the message says what to remove or give."""
+
+
+class OutDirWriteError(OSError):
+    """Writing into the evaluation folder failed (the disk is full, it became read-only, an I/O
+    error). What was recorded before stays; the message says what to do, and running the same
+    command again resumes."""
+
+    def __str__(self) -> str:  # OSError's own __str__ would prepend an errno
+        return self.args[0]

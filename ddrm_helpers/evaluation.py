@@ -15,63 +15,63 @@ engine (:func:`ddrm_helpers.engine.restore`) with the settings of the paper unle
 the restoration and of the degraded image), and the consistency ``||H x_hat - y||`` ([0, 1] pixel
 units) and ``||H x_hat - y|| / ||y||``. Its record (those, its index, name, file, seed, class and
 seconds) is appended to the rank's ``records/rank-<r>.jsonl`` and flushed to the disk, after the
-restoration is saved as ``restored/<index>.png``.
+restoration is saved as ``restored/<index>.png`` (the folder and its rules:
+:mod:`ddrm_helpers.runfolder`, :mod:`ddrm_helpers.outdir`).
+
+Before anything is downloaded or loaded, the output folder is looked at (other settings, another
+data set, another evaluation running there, a link where a file goes: one line, nothing written)
+and every image left to do is opened and decoded (:func:`~ddrm_helpers.datasets.check_images`):
+one that cannot be (not an image, truncated, too large, a pipe) is said in one line, recorded with
+its error instead of figures, and counted in the summary, and the others are evaluated. Nothing is
+written into the folder when the run is refused or its config skipped.
 
 Seeds: image ``i`` is restored with a generator of its own, seeded from
 ``numpy.random.SeedSequence([seed, i])``, so its result is the same whichever process restores it,
 in whatever order: one process or eight give the same records, image by image.
 
-Resuming: ``out_dir`` keeps the settings (``run.json``). Run the same command again after a crash
-or a kill and the images that have a record are not computed again; other settings into the same
-folder are refused. Records are matched to the data set by the images' names, so a larger
-``limit`` extends an evaluation.
+Resuming: ``out_dir`` keeps the settings (``run.json``). Run the same command again after a crash,
+a kill or a full disk and the images that have a record are not computed again; other settings
+into the same folder are refused. Records are matched to the data set by the images' names, so a
+larger ``limit`` extends an evaluation. A record line that is not a record is set aside
+(:mod:`ddrm_helpers.records`) and its image computed again.
 
 Many processes: under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join a ``torch.distributed``
 group (NCCL on GPUs, gloo on CPUs), each on its own GPU (``LOCAL_RANK``) with its own copy of the
-networks; rank 0 checks the folder and fetches the checkpoints first, the images left are dealt out
+networks; rank 0 checks the folder and the images and fetches the checkpoints first, the images left are dealt out
 over the ranks, and rank 0 merges the records (``records.jsonl``) and writes the summary
-(``summary.md``, ``summary.csv``, ``summary.json``; :mod:`ddrm_helpers.summary`).
+(``summary.md``, ``summary.csv``, ``summary.json``; :mod:`ddrm_helpers.summary`). Rank 0 holds the
+folder's lock for the whole job (:mod:`ddrm_helpers.ranks`).
 
-KID and FID come from ``torchmetrics`` over all the images (every rank's, and those of earlier
-runs, read back from ``restored/``) against the originals, with torchmetrics' Inception-v3
-(``features="inception"``, which needs ``torch-fidelity`` and its weights file; docs/evaluation.md)
-or any network given as ``features`` (``uint8`` images ``[N, 3, H, W]`` in, ``[N, D]`` features
-out). Without them the evaluation still gives PSNR and SSIM, and says in one line why KID is missing.
+KID and FID: :mod:`ddrm_helpers.distribution`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from PIL import Image
 from tqdm.auto import tqdm
 
 from . import engine, validate
 from .config import load_config
-from .datasets import DataSet, open_data
+from .datasets import DataSet, check_images, open_data
 from .degradations import make_degradation
+from .distribution import distribution_metrics
 from .engine import Inputs, Skipped, resolve_settings
-from .errors import ArgumentError
-from .images import load_image, save_image, to_uint8
+from .errors import ArgumentError, ImageError
+from .images import load_image
 from .metrics import psnr, ssim
-from .results import json_safe, safe_name
+from .ranks import Ranks
+from .results import safe_name
+from .runfolder import RunFolder, begin, error_record, survey
 from .store import CheckpointStore
-from .summary import markdown, summarize, write_summary
+from .summary import markdown, summarize
 
-# What must agree between an evaluation folder and a run that resumes it
-RUN_KEYS = ("config", "task", "sigma_y", "steps", "eta", "eta_b", "seed", "classifier_scale", "image_size")
-FEATURE_BLOCK = 32  # images per feature-network call for KID / FID
-KID_SUBSETS = 100
-KID_SUBSET_SIZE = 1000  # the usual size (and torchmetrics' default); all the images when there are fewer
+SAID_MAX = 20  # images that cannot be read, said one line each; the rest in one line (their records say why)
 
 
 @dataclass
@@ -89,6 +89,11 @@ class Evaluation:
     def finite(self) -> bool:
         """False when a restoration holds NaN or infinity."""
         return self.summary["not_finite"] == 0
+
+    @property
+    def complete(self) -> bool:
+        """False when some image could not be read (its record says why)."""
+        return self.summary["unreadable"] == 0
 
     def __str__(self) -> str:
         return markdown(self.summary) + f"Records and summary in {self.out_dir}"
@@ -134,7 +139,10 @@ def evaluate(
     as for :func:`~ddrm_helpers.runner.run_config`.
 
     Returns an :class:`Evaluation` (also printed by rank 0), or the :class:`Skipped` of a config
-    whose checkpoints cannot be had. Bad arguments raise ``ValueError`` before anything is loaded.
+    whose checkpoints cannot be had (nothing written). Bad arguments, and an output folder that
+    cannot be used as it is (:class:`~ddrm_helpers.errors.OutDirError`), raise ``ValueError``
+    before anything is loaded or written; a write that fails (a full disk) raises
+    :class:`~ddrm_helpers.errors.OutDirWriteError`, and the same call again resumes.
     """
     config = load_config(config_name)
     local_rank, world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -157,9 +165,13 @@ def evaluate(
            "classifier_scale": settings.classifier_scale if "classifier" in config.checkpoints else None,
            "image_size": size, "data": data_set.description}
     ranks = Ranks.join(settings.device)
+    folder = Path(out_dir).expanduser()
+    run_folder = None
     try:
-        folder = Path(out_dir).expanduser()
-        remaining = ranks.on_zero(lambda: _prepare(folder, run, data_set))
+        done = ranks.on_zero(lambda: survey(folder, run, data_set).done)
+        todo = [i for i in range(len(data_set)) if i not in done]
+        checked = ranks.gather(check_images(data_set, todo[ranks.rank::ranks.world]))  # each rank its share
+        problems = ranks.on_zero(lambda: _say_problems(data_set, todo, done, checked, size))
         networks = None
 
         def load_first():  # rank 0 fetches what is missing; the others then find it verified
@@ -177,129 +189,82 @@ def evaluate(
             networks = engine.load_networks(config, store, device=settings.device, download=download, progress=False)
             if isinstance(networks, Skipped):
                 raise RuntimeError(f"rank {ranks.rank}: {networks}")
-        if ranks.rank == 0 and len(remaining) < len(data_set):
-            print(f"Resuming {folder}: {len(data_set) - len(remaining)} of {len(data_set)} images already have "
-                  "a record.", flush=True)
+
+        def take():  # rank 0: the lock, the settings, the errors of the images that cannot be read
+            nonlocal run_folder
+            run_folder, found = begin(folder, run, data_set, problems)
+            done = found.done  # (it may hold images beyond this run's --limit: those of a larger one)
+            remaining = [i for i in range(len(data_set)) if i not in done and i not in problems]
+            return remaining, sum(1 for i in range(len(data_set)) if i in done)
+
+        remaining, resumed = ranks.on_zero(take)
+        if ranks.rank != 0:
+            run_folder = RunFolder.join(folder, ranks.rank)
+        if ranks.rank == 0 and resumed:
+            print(f"Resuming {folder}: {resumed} of {len(data_set)} images already have a record.", flush=True)
         conditional = "classifier" in config.checkpoints
         if ranks.rank == 0 and conditional and not data_set.imagenet_labels:
             print(f"{data_set.description} has no ImageNet classes: each image gets the classifier's best guess "
                   "(its record says class_guessed).", flush=True)
         _restore_all(config, networks, settings, data_set, remaining[ranks.rank::ranks.world], degradation,
-                     folder, ranks, conditional, progress)
+                     run_folder, ranks, conditional, progress)
         ranks.barrier()
-        distribution = distribution_metrics(data_set, size, folder, features, inception_weights, ranks,
+        evaluated = ranks.on_zero(lambda: sorted(i for i in run_folder.read_all().done if i < len(data_set)))
+        distribution = distribution_metrics(data_set, evaluated, size, run_folder, features, inception_weights, ranks,
                                             settings.device, settings.seed)
-        evaluation = ranks.on_zero(lambda: _finish(folder, run, data_set, distribution, str(settings.device)))
+        evaluation = ranks.on_zero(lambda: _finish(run_folder, run, data_set, distribution, str(settings.device)))
         if ranks.rank == 0:
             print(evaluation, flush=True)
         return evaluation
     finally:
+        if run_folder is not None:
+            run_folder.close()
         ranks.close()
 
 
-class Ranks:
-    """This process's place among the evaluation's processes: rank 0 of 1, or one of torchrun's."""
-
-    def __init__(self, rank: int = 0, world: int = 1, owned: bool = False):
-        self.rank, self.world, self.owned = rank, world, owned
-
-    @classmethod
-    def join(cls, device: torch.device) -> Ranks:
-        """The group already set up by the caller, else torchrun's (``WORLD_SIZE`` > 1, joined here:
-        NCCL on a GPU, gloo on a CPU), else a single process."""
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls()
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), owned=True)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def gather(self, value) -> list:
-        """Every rank's ``value``, in rank order, on every rank."""
-        if self.world == 1:
-            return [value]
-        values = [None] * self.world
-        dist.all_gather_object(values, value)
-        return values
-
-    def on_zero(self, work):
-        """``work()`` run by rank 0 alone, its value (or its exception) handed to every rank."""
-        outcome = None
-        if self.rank == 0:
-            try:
-                outcome = (True, work())
-            except Exception as err:  # raised on every rank below, so that none waits for the others
-                outcome = (False, err)
-        if self.world > 1:
-            box = [outcome]
-            dist.broadcast_object_list(box, src=0)
-            outcome = box[0]
-        ok, value = outcome
-        if not ok:
-            raise value
-        return value
-
-    def close(self) -> None:
-        if self.owned:
-            dist.destroy_process_group()
+def _say_problems(data_set: DataSet, todo: list[int], done: set[int], checked: list, size: int) -> dict[int, str]:
+    """Rank 0, before anything is loaded or written: the images of ``todo`` that cannot be used
+    (from every rank's :func:`~ddrm_helpers.datasets.check_images`), each said in one line, and
+    returned by index with their errors; a data set none of whose images can be read is refused."""
+    problems = {index: problem for part, _ in checked for index, problem in part.items()}
+    sizes = {index: found for _, part in checked for index, found in part.items()}
+    if todo and len(problems) == len(todo) and not done:
+        first = todo[0]
+        raise ImageError(f"none of the {len(todo)} images of {data_set.description} can be read "
+                         f"({data_set[first].name}: {problems[first]})")
+    for note in data_set.notes:
+        print(note, flush=True)
+    for index in sorted(problems)[:SAID_MAX]:
+        print(f"cannot evaluate {data_set[index].name} (image {index}): {problems[index]}", flush=True)
+    if len(problems) > SAID_MAX:
+        print(f"... and {len(problems) - SAID_MAX} more image(s) that cannot be evaluated: their records say why.",
+              flush=True)
+    small = sorted(i for i, (width, height) in sizes.items() if min(width, height) < size)
+    if small:
+        width, height = sizes[small[0]]
+        print(f"note: {len(small)} image(s) are smaller than the model's {size}x{size} and are upscaled to it, so "
+              f"their figures compare against an upscaled original (first: {data_set[small[0]].name}, "
+              f"{width}x{height}).", flush=True)
+    return problems
 
 
-def _prepare(folder: Path, run: dict, data_set: DataSet) -> list[int]:
-    """Rank 0: the folder made or resumed (same settings, same images), and the indices left to do."""
-    settings_file = folder / "run.json"
-    if settings_file.exists():
-        kept = json.loads(settings_file.read_text())
-        differ = [key for key in RUN_KEYS if kept.get(key) != run[key]]
-        if differ:
-            said = "; ".join(f"{key} {kept.get(key)!r} there, {run[key]!r} here" for key in differ)
-            raise ArgumentError(f"{folder} holds an evaluation with other settings ({said}): give another output "
-                                "folder, or the same settings to resume it")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(settings_file, json.dumps(run, indent=1) + "\n")
-    done = read_records(folder)
-    for index, record in done.items():
-        if index < len(data_set) and record["name"] != data_set[index].name:
-            raise ArgumentError(f"{folder} holds a record of image {index} named {record['name']!r}, but image "
-                                f"{index} of {data_set.description} is {data_set[index].name!r}: another data set "
-                                "(or order); give another output folder")
-    return [i for i in range(len(data_set)) if i not in done]
-
-
-def read_records(folder: Path) -> dict[int, dict]:
-    """The records in ``folder/records/*.jsonl`` by index (the first of an index; a line cut short
-    by a kill is skipped)."""
-    records = {}
-    for log in sorted((folder / "records").glob("*.jsonl")):
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records.setdefault(int(record["index"]), record)
-    return records
-
-
-def _restore_all(config, networks, settings, data_set: DataSet, indices: list[int], degradation, folder: Path,
-                 ranks: Ranks, conditional: bool, progress: bool) -> None:
-    """This rank's images, one at a time: restored, measured, saved, recorded."""
-    (folder / "restored").mkdir(exist_ok=True)
-    (folder / "records").mkdir(exist_ok=True)
+def _restore_all(config, networks, settings, data_set: DataSet, indices: list[int], degradation,
+                 run_folder: RunFolder, ranks: Ranks, conditional: bool, progress: bool) -> None:
+    """This rank's images, one at a time: restored, measured, saved, recorded; an image that cannot
+    be read now (changed since it was checked) is recorded with its error."""
     size = degradation.image_shape[-1]
     degradation = degradation.to(settings.device)
-    with RecordLog(folder / "records" / f"rank-{ranks.rank:05d}.jsonl") as log, \
-            tqdm(total=len(indices), desc=f"{config.name} {settings.task}", unit="image",
-                 disable=not progress or ranks.rank != 0) as bar:
+    with tqdm(total=len(indices), desc=f"{config.name} {settings.task}", unit="image",
+              disable=not progress or ranks.rank != 0) as bar:
         for index in indices:
             started = time.perf_counter()
             item = data_set[index]
-            x = load_image(item.path, size)[None]
+            try:
+                x = load_image(item.path, size)[None]
+            except (ImageError, OSError) as err:
+                run_folder.log.write(error_record(index, item, str(err)))
+                bar.update()
+                continue
             label = item.label if conditional and data_set.imagenet_labels else None
             inputs = Inputs(degradation=degradation, names=[safe_name(Path(item.name).stem, index)],
                             sources=[item.path], images=x, original=x, classes=None if label is None else [label])
@@ -311,9 +276,9 @@ def _restore_all(config, networks, settings, data_set: DataSet, indices: list[in
             record["seed"] = seed
             if restoration.classes is not None:
                 record.update({"class": int(restoration.classes[0]), "class_guessed": label is None})
-            save_png(restoration.restored[0], folder / "restored" / f"{index:06d}.png")
+            run_folder.save_restored(index, restoration.restored[0])
             record["seconds"] = round(time.perf_counter() - started, 4)
-            log.write(record)
+            run_folder.log.write(record)
             bar.update()
 
 
@@ -333,137 +298,14 @@ def image_record(index: int, name: str, path, original: torch.Tensor, restoratio
     }
 
 
-class RecordLog:
-    """A rank's record file: one JSON line per image, appended, flushed and synced to the disk."""
-
-    def __init__(self, path: Path):
-        self.file = open(path, "ab")  # noqa: SIM115 (closed by __exit__)
-        if self.file.tell() and not path.read_bytes().endswith(b"\n"):  # a line cut short by a kill
-            self.file.write(b"\n")
-
-    def write(self, record: dict) -> None:
-        self.file.write((json.dumps(json_safe(record)[0], allow_nan=False) + "\n").encode())
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def __enter__(self) -> RecordLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """``image`` as a PNG at ``path``, written under a temporary name and renamed: never half a file."""
-    partial = path.with_name(f".{path.stem}.partial.png")
-    save_image(image, partial)
-    os.replace(partial, path)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def distribution_metrics(data_set: DataSet, size: int, folder: Path, features, weights, ranks: Ranks,
-                         device: torch.device, seed: int) -> dict:
-    """KID (x 1e3, the mean and standard deviation over subsets) and FID of the restored images in
-    ``folder/restored`` against the originals, every rank computing the features of its share and
-    torchmetrics gathering them; or a ``note`` saying in one line why not. Called by every rank."""
-    count = len(data_set)
-    found = {"images": count, "kid_x1e3": None, "kid_std_x1e3": None, "fid": None, "note": None}
-    if count < 2:
-        return {**found, "note": "KID/FID not computed: they need at least 2 images."}
-    if ranks.rank != 0:
-        ranks.barrier()  # rank 0 fetches the weights first, the others then read them from the cache
-    network, why = feature_network(features, weights)
-    if ranks.rank == 0:
-        ranks.barrier()
-    # Image blocks dealt out so that torchmetrics, gathering each rank's n-th block in rank order,
-    # sees them in index order: the features, and so KID's random subsets, do not depend on the split.
-    blocks = math.ceil(count / FEATURE_BLOCK)
-    mine = [range(b * FEATURE_BLOCK, min((b + 1) * FEATURE_BLOCK, count)) if b < blocks else range(0)
-            for b in range(ranks.rank, math.ceil(blocks / ranks.world) * ranks.world, ranks.world)]
-    if why is None:
-        missing = [i for block in mine for i in block if not (folder / "restored" / f"{i:06d}.png").is_file()]
-        if missing:
-            why = (f"KID/FID not computed: {len(missing)} restored image(s) are missing from {folder / 'restored'} "
-                   f"(image {missing[0]}, ...)")
-    notes = [note for note in ranks.gather(why) if note]
-    if notes:
-        return {**found, "note": notes[0]}
-
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # KID's note that it keeps every feature in memory
-        kid = KernelInceptionDistance(feature=network, subsets=KID_SUBSETS,
-                                      subset_size=min(KID_SUBSET_SIZE, count)).to(device)
-        fid = FrechetInceptionDistance(feature=network, input_img_size=(3, size, size)).to(device)
-    for block in mine:  # as many blocks on every rank (some empty): torchmetrics gathers them one by one
-        real = _uint8_batch([load_image(data_set[i].path, size) for i in block], size).to(device)
-        fake = _uint8_batch([_read_png(folder / "restored" / f"{i:06d}.png") for i in block], size).to(device)
-        for metric in (kid, fid):
-            metric.update(real, real=True)
-            metric.update(fake, real=False)
-    with torch.random.fork_rng(devices=[]):  # KID's subsets come from the global generator
-        torch.manual_seed(seed)
-        kid_mean, kid_std = kid.compute()
-    return {**found, "kid_x1e3": float(kid_mean) * 1e3, "kid_std_x1e3": float(kid_std) * 1e3,
-            "fid": float(fid.compute())}
-
-
-def feature_network(features, weights) -> tuple[torch.nn.Module | None, str | None]:
-    """The network KID and FID compare images through, or None and the one line that says why not."""
-    if features is None:
-        return None, "KID/FID not computed: no feature network (features=None)."
-    try:
-        import torchmetrics  # noqa: F401
-    except ImportError:
-        return None, ("KID/FID not computed: torchmetrics is not installed (pip install torchmetrics "
-                      "torch-fidelity; docs/evaluation.md).")
-    if isinstance(features, torch.nn.Module):
-        return features, None
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        return None, ("KID/FID not computed: torch-fidelity, which provides the Inception network, is not "
-                      "installed (pip install torch-fidelity; docs/evaluation.md).")
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
-    try:
-        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                  feature_extractor_weights_path=None if weights is None else str(weights)), None
-    except Exception as err:  # no network, a proxy, a bad file: said in one line, PSNR/SSIM stand
-        return None, (f"KID/FID not computed: the Inception weights could not be had ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0] if str(err) else ''}); docs/evaluation.md says where to put them.")
-
-
-def _uint8_batch(images: list, size: int) -> torch.Tensor:
-    """Images as one ``uint8`` batch ``[N, 3, size, size]`` (what the Inception network takes)."""
-    if not images:
-        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    return torch.stack([torch.from_numpy(image if isinstance(image, np.ndarray) else to_uint8(image)).permute(2, 0, 1)
-                        for image in images])
-
-
-def _read_png(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
-
-
-def _finish(folder: Path, run: dict, data_set: DataSet, distribution: dict, device: str) -> Evaluation:
+def _finish(run_folder: RunFolder, run: dict, data_set: DataSet, distribution: dict, device: str) -> Evaluation:
     """Rank 0: the records of every rank merged into ``records.jsonl`` (by index), the summary written."""
-    found = read_records(folder)
+    found = run_folder.read_all().records
     records = [found[i] for i in range(len(data_set)) if i in found]
     if len(records) != len(data_set):
         lost = next(i for i in range(len(data_set)) if i not in found)
         raise RuntimeError(f"{len(data_set) - len(records)} image(s) have no record (image {lost}, ...); run the "
                            "same command again to complete the evaluation")
-    merged = folder / "records.jsonl"
-    _write_atomically(merged, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
     summary = summarize(records, {**run, "device": device}, distribution)
-    files = [merged, *write_summary(summary, folder)]
-    return Evaluation(summary=summary, records=records, out_dir=folder, files=files)
+    files = run_folder.finish(records, summary)
+    return Evaluation(summary=summary, records=records, out_dir=run_folder.folder.path, files=files)

@@ -9,11 +9,20 @@ integers or of floats in [0, 1] (the usual conventions of image files and arrays
 taken exactly, with no 8-bit rounding). Grey images become three equal channels; transparency is
 laid over white; palette, CMYK and 16-bit files are converted; the EXIF orientation of camera
 photos is applied.
+
+Limits, so that no file or array can make us allocate without bound: a file is opened only if it
+is a regular file (a named pipe would block the open, a device would never end), and its header's
+size is checked against :data:`MAX_PIXELS` before a pixel is decoded; so is every image given in
+memory before it is converted, and any size about to be allocated by a resize or a pad
+(:func:`check_pixels`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +30,16 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .safefs import CLOEXEC, what_is
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+# The most pixels an image may have, decoded or about to be allocated: 8192 x 8192, 67 megapixels
+# (a 48-megapixel phone photo fits; as float32 RGB it is 0.8 GB). Above it we refuse in one line
+# rather than let a header of a few bytes ask for gigabytes. PIL's own limit (89 megapixels, a
+# warning; twice that, an error) is looser and global; ours is checked first, everywhere we open.
+MAX_PIXELS = 8192 * 8192
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def load_image(source: ImageSource, size: int | None = None) -> torch.Tensor:
@@ -59,6 +76,7 @@ def square(image: torch.Tensor, fit: str) -> torch.Tensor:
         top, left = (height - side) // 2, (width - side) // 2
         return image[:, top : top + side, left : left + side].clone()
     side = max(height, width)
+    check_pixels(side, side, "the photo padded to a square (fit='pad')")  # a 100000x1 strip: refused here
     rows, columns = side - height, side - width
     padding = ((0, 0), (rows // 2, rows - rows // 2), (columns // 2, columns - columns // 2))
     return torch.from_numpy(np.pad(image.numpy(), padding, mode="symmetric"))
@@ -84,12 +102,17 @@ def describe(source: ImageSource) -> str:
 def to_rgb_pil(source: ImageSource) -> Image.Image:
     """Any accepted source as an 8-bit RGB PIL image."""
     if isinstance(source, (str, os.PathLike)):
-        image = _open(Path(source))
+        image = open_image(source)
     elif isinstance(source, Image.Image):
+        check_pixels(source.height, source.width, "the image")
         image = source
     elif isinstance(source, np.ndarray):
+        if source.ndim >= 2:
+            check_pixels(source.shape[0], source.shape[1], "the image array")
         image = _from_array(source, "array")
     elif isinstance(source, torch.Tensor):
+        if source.ndim >= 2:
+            check_pixels(source.shape[-2], source.shape[-1], "the image tensor")
         image = Image.fromarray(to_uint8(_tensor_image(source, None)))
     else:
         raise ImageError(
@@ -99,8 +122,32 @@ def to_rgb_pil(source: ImageSource) -> Image.Image:
     return _to_rgb(image)
 
 
+def check_pixels(height: int, width: int, what: str) -> None:
+    """Refuse, in one line naming ``what``, a size of more than :data:`MAX_PIXELS` pixels (or of
+    none), before anything of that size is decoded or allocated.
+
+    Call it with the size a resize, a pad or a decode is about to make: ``--fit pad`` of a
+    100000x1 photo would ask for a 100000x100000 canvas.
+    """
+    height, width = int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise ImageError(f"{what} has no pixels ({width}x{height}, width x height)")
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"{what}: {width}x{height} pixels (width x height), more than the {MAX_PIXELS:,} pixels "
+                         "this package decodes or allocates at once; downscale it first (for example to 4096 "
+                         "pixels on its longer side)")
+
+
+def probe(path: str | os.PathLike) -> tuple[int, int]:
+    """The (width, height) of the image file at ``path``, after checking that it can be used: a
+    regular file, within :data:`MAX_PIXELS`, decoded to the end (a truncated file fails here).
+    Raises ``ImageError`` (or ``FileNotFoundError``) in one line, as :func:`load_image` would."""
+    return open_image(path).size
+
+
 def center_square(image: Image.Image, size: int) -> Image.Image:
     """The largest centred square of ``image``, resized to ``size`` x ``size``."""
+    check_pixels(size, size, "the resized image")
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
@@ -154,22 +201,65 @@ def _tensor_image(tensor: torch.Tensor, size: int | None) -> torch.Tensor:
     return x
 
 
-def _open(path: Path) -> Image.Image:
-    if not path.exists():
-        raise FileNotFoundError(f"No image at {path}")
-    if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image")
+def open_regular(path: Path):
+    """``path`` opened for reading if it is a regular file (a link to one is followed: a path a
+    user gives is theirs to choose); a folder, a named pipe, a device or a socket is refused
+    without being opened. ``FileNotFoundError`` when nothing is there."""
     try:
-        with Image.open(path) as opened:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No image at {path}") from None
+    except OSError as err:
+        raise ImageError(f"{path} cannot be read ({err.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path} is a folder, not an image")
+    if not stat.S_ISREG(mode):
+        raise ImageError(_not_regular(path))
+    # Non-blocking: a pipe swapped in after the check above does not hang the open either.
+    fd = os.open(path, os.O_RDONLY | NONBLOCK | CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(_not_regular(path))
+    return os.fdopen(fd, "rb")
+
+
+def _not_regular(path: Path) -> str:
+    kind = what_is(Path(os.path.realpath(path))) or "not a regular file"
+    return f"{path} is {kind}, not an image file: only regular files are read as images"
+
+
+def read_image_file(file, name: str) -> Image.Image:
+    """The image in the open binary ``file`` (``name`` says which, in messages), decoded after its
+    header's size is checked against :data:`MAX_PIXELS`, with its EXIF orientation applied."""
+    try:
+        with warnings.catch_warnings():
+            # PIL's own bomb warning: our limit, checked before decoding, is lower than its threshold
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(file)
+        with opened:
+            check_pixels(opened.height, opened.width, f"{name} (as its header declares)")
             opened.load()
             image = ImageOps.exif_transpose(opened)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as err:  # PIL refused it before we could see its size
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        count = f"{int(declared.group(1)):,} pixels" if declared else "too many pixels"
+        raise ImageError(f"{name} declares {count}, more than the {MAX_PIXELS:,} pixels this package decodes at "
+                         "once; downscale it first (for example to 4096 pixels on its longer side)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(
-            f"{path} is not an image that can be read ({type(err).__name__}: {err}). "
+            f"{name} is not an image that can be read ({type(err).__name__}: {err}). "
             "Give a PNG, JPEG, WebP, TIFF, BMP or GIF file."
         ) from err
-    image.filename = str(path)
+    image.filename = name
     return image
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """The image file at ``path``, decoded (as :func:`read_image_file`), if it is a regular file."""
+    with open_regular(Path(path)) as file:
+        return read_image_file(file, str(path))
 
 
 def _from_array(array: np.ndarray, what: str) -> Image.Image:

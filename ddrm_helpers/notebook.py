@@ -20,7 +20,6 @@ import torch
 from .config import available_configs, load_config
 from .demo import demo_entries
 from .display import in_notebook, label_result, labelled_results, row_names, show_grid, show_results
-from .errors import ImageError
 from .paths import DEMO_DIR
 from .runner import run_config
 
@@ -120,7 +119,7 @@ def uploaded_images(source=None) -> list:
     :func:`upload_widget` in this kernel (``"Upload"``; none made yet: no images), a Colab
     ``files.upload()`` dict, or None (no images).
     """
-    from PIL import Image, UnidentifiedImageError
+    from .images import read_image_file
 
     if source is None:
         return []
@@ -132,12 +131,7 @@ def uploaded_images(source=None) -> list:
     items = list(source.items()) if isinstance(source, dict) else _upload_items(source.value)
     images = []
     for name, content in items:
-        try:
-            image = Image.open(io.BytesIO(bytes(content)))
-            image.load()
-        except (UnidentifiedImageError, OSError) as err:
-            raise ImageError(f"the upload {name!r} is not an image that can be read ({err}). "
-                             "Give a PNG, JPEG, WebP, TIFF, BMP or GIF file.") from err
+        image = read_image_file(io.BytesIO(bytes(content)), f"the upload {name!r}")  # its size checked first
         image.filename = name
         images.append(image)
     return images

@@ -13,6 +13,9 @@ The paper's figures (DDRM, Kawar et al. 2022, ImageNet 1K table, 20 network eval
 beside ours only when the setting is the paper's: config ``imagenet_256``, task ``sr4`` or
 ``deblur_uni``, sigma_y 0 or 0.05, 20 steps, eta 0.85, eta_b 1. They were computed on the 1,000
 images of ``imagenet_val_1k.txt`` (docs/evaluation.md).
+
+Images that could not be read have a record with their ``error`` and no figures: the summary
+counts them (``unreadable``) and names the first few, and no figure includes them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import csv
 import io
 import json
 import math
-from pathlib import Path
 
 from .results import json_safe
 
@@ -115,10 +117,13 @@ def summarize(records: list[dict], run: dict, distribution: dict) -> dict:
         mean, low, high = mean_interval(values)
         metrics[key] = {"mean": mean, "low": low, "high": high, "n": len(values)}
     not_finite = sum(1 for r in records if not r.get("finite", True))
+    unreadable = [r["name"] for r in records if "error" in r]
     return {
         **run,
         "images": len(records),
         "not_finite": not_finite,
+        "unreadable": len(unreadable),
+        "unreadable_names": unreadable,
         "metrics": metrics,
         "distribution": distribution,
         "paper": paper_figures(run["config"], run["task"], run["sigma_y"], run["steps"], run["eta"], run["eta_b"]),
@@ -172,6 +177,11 @@ def markdown(summary: dict) -> str:
         lines.append(s["distribution"]["note"])
     if s["not_finite"]:
         lines.append(f"FAILED: {s['not_finite']} restoration(s) are not finite (NaN or infinity).")
+    if s.get("unreadable"):
+        names = s["unreadable_names"]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        lines.append(f"NOT EVALUATED: {s['unreadable']} of {s['images']} image(s) could not be read ({shown}); their "
+                     "records (records.jsonl) say why.")
     return "\n".join(lines) + "\n"
 
 
@@ -184,10 +194,7 @@ def csv_text(summary: dict) -> str:
     return out.getvalue()
 
 
-def write_summary(summary: dict, folder: Path) -> list[Path]:
-    """``summary.md``, ``summary.csv`` and ``summary.json`` in ``folder``."""
-    files = [folder / "summary.md", folder / "summary.csv", folder / "summary.json"]
-    files[0].write_text(markdown(summary), encoding="utf-8")
-    files[1].write_text(csv_text(summary), encoding="utf-8")
-    files[2].write_text(json.dumps(json_safe(summary)[0], indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    return files
+def summary_files(summary: dict) -> dict[str, str]:
+    """The texts of ``summary.md``, ``summary.csv`` and ``summary.json``, by file name."""
+    return {"summary.md": markdown(summary), "summary.csv": csv_text(summary),
+            "summary.json": json.dumps(json_safe(summary)[0], indent=1, allow_nan=False) + "\n"}

@@ -36,3 +36,13 @@ def server():
 
     with FaultyServer() as s:
         yield s
+
+
+@pytest.fixture
+def tiny(server, tmp_path, monkeypatch):
+    """Tiny CelebA-HQ checkpoints (tests/tiny_models.py) from the local server, for this process;
+    returns the environment for the processes a test starts (the evaluation tests)."""
+    from .tiny_models import install_tiny_checkpoints
+
+    env = install_tiny_checkpoints(server, tmp_path, monkeypatch, keys=("celeba_hq",))
+    return {**os.environ, **env, "PYTHONPATH": str(REPO)}

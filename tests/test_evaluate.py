@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,13 +19,13 @@ from PIL import Image
 
 from ddrm_helpers import cli
 from ddrm_helpers.datasets import open_data
+from ddrm_helpers.distribution import feature_network
 from ddrm_helpers.errors import ClassLabelError, ImageError
-from ddrm_helpers.evaluation import evaluate, feature_network, image_seed
-from ddrm_helpers.summary import csv_text, markdown, mean_interval, paper_figures, summarize, t_quantile, write_summary
+from ddrm_helpers.evaluation import evaluate, image_seed
+from ddrm_helpers.summary import csv_text, markdown, mean_interval, paper_figures, summarize, summary_files, t_quantile
 
 from .conftest import REPO
 from .distributed_eval import StandIn
-from .tiny_models import install_tiny_checkpoints
 
 # What must be the same, image by image, however the work was split
 COMPARED = ("index", "name", "seed", "psnr", "ssim", "psnr_degraded", "ssim_degraded", "consistency", "consistency_rel")
@@ -40,13 +39,6 @@ def make_images(folder, count: int):
         shape = (36 + 4 * (i % 4), 44 - 2 * (i % 5), 3)
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"img{i:02d}.png")
     return folder
-
-
-@pytest.fixture
-def tiny(server, tmp_path, monkeypatch):
-    """The tiny checkpoints, for this process; returns the environment for the processes it starts."""
-    env = install_tiny_checkpoints(server, tmp_path, monkeypatch, keys=("celeba_hq",))
-    return {**os.environ, **env, "PYTHONPATH": str(REPO)}
 
 
 def lines(path) -> list[dict]:
@@ -162,9 +154,9 @@ def test_the_summary_means_and_intervals_are_right_on_records_made_by_hand(tmp_p
     rows = list(csv.DictReader(io.StringIO(csv_text(summary))))
     assert rows[0] == {"metric": "PSNR (dB)", "mean": "23.00", "low": "18.89", "high": "27.11", "n": "4",
                        "paper": "25.21"}
-    files = write_summary(summary, tmp_path)
-    assert [f.name for f in files] == ["summary.md", "summary.csv", "summary.json"]
-    assert json.loads(files[2].read_text())["metrics"]["psnr"]["mean"] == 23.0
+    files = summary_files(summary)
+    assert list(files) == ["summary.md", "summary.csv", "summary.json"] and files["summary.md"] == text
+    assert json.loads(files["summary.json"])["metrics"]["psnr"]["mean"] == 23.0
 
     # The paper's figures only beside the paper's setting
     assert paper_figures("imagenet_256", "deblur_uni", 0.0, 20, 0.85, 1.0)["psnr"] == 35.64
