@@ -73,6 +73,13 @@ class CheckpointSpec:
         return path if path.is_absolute() else MANIFESTS_DIR / path
 
 
+def format_size(n: int) -> str:
+    """Bytes for people: 454.8 MB, 2.21 GB, 10 KB."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, CheckpointSpec]:
     """Read and check a registry file (default: :func:`ddrm_helpers.paths.registry_path`).
 

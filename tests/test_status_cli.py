@@ -10,7 +10,7 @@ import pytest
 
 from ddrm_helpers import cli
 from ddrm_helpers.registry import load_registry
-from ddrm_helpers.status import checkpoint_status, ensure_checkpoints
+from ddrm_helpers.store import checkpoint_status, ensure_checkpoints
 
 from .conftest import REPO
 from .tiny_files import pinned_entry, random_bytes, state_dict_bytes, unpinned_entry, write_manifest, write_registry

@@ -1,7 +1,7 @@
 """``load_pretrained``: the networks of a config with their verified official weights.
 
 Each checkpoint of the config (``config.checkpoints``: ``model``, and ``classifier`` for
-``imagenet_256_cc``) is made available by :func:`~ddrm_helpers.download.fetch_checkpoint` (a
+``imagenet_256_cc``) is made available by :func:`~ddrm_helpers.store.fetch_checkpoint` (a
 verified file, downloaded if needed), read with ``torch.load(weights_only=True)`` (data, never
 code), memory-mapped where the file format allows, and assigned into a network built on the
 ``meta`` device: the weights are never held twice in host memory. A file that is not the
