@@ -2,9 +2,13 @@
 
 Bytes stream into ``<file>.part`` beside the checkpoint and are hashed as they arrive. A small
 record beside it (``.<file>.part.json``) says that this downloader made it, for which file, and
-its inode: only such a ``.part`` is resumed. Anything else found under that name is moved aside,
-never resumed, written or deleted. A full disk is not a network fault: it stops the download at
-once and keeps the ``.part`` for later.
+its inode. The record is a cache, never a proof: a ``.part`` is resumed only when the record is a
+file of ours with one link that names it, and the ``.part`` itself is a plain file of ours with
+one link (:func:`~ddrm_helpers.safefs.not_ours`), checked again on the open file descriptor that
+writes. Anything else found under that name (a hard link to a file elsewhere with a forged record,
+another user's file) is moved aside, never resumed, written or deleted, and the download starts a
+new ``.part`` with ``O_EXCL``. A full disk is not a network fault: it stops the download at once
+and keeps the ``.part`` for later.
 """
 
 from __future__ import annotations
@@ -23,14 +27,16 @@ from .errors import DownloadError
 from .paths import CHECKPOINT_DIR_ENV
 from .registry import CheckpointSpec, format_size
 from .safefs import (
-    PathBlockedError,
-    blocked_message,
     create_new,
+    discard_own,
     is_disk_full,
+    not_ours,
     open_own,
     open_read,
-    read_small,
+    read_own,
+    require_plain,
     set_aside,
+    side_name,
     what_is,
     write_new_atomically,
 )
@@ -45,12 +51,12 @@ DISK_MARGIN = 64 << 20
 
 def part_path(path: Path) -> Path:
     """Where the partial download of the checkpoint at ``path`` goes."""
-    return path.with_name(path.name + ".part")
+    return path.with_name(side_name(path.name, suffix=".part"))
 
 
 def part_record_path(path: Path) -> Path:
     """Where the record beside a ``.part`` that this downloader created is kept."""
-    return path.with_name(f".{path.name}.part.json")
+    return path.with_name(side_name(path.name, ".", ".part.json"))
 
 
 class DiskFull(Exception):
@@ -146,24 +152,29 @@ class PartFile:
 
     def adopt(self) -> None:
         """Keep a ``.part`` this store created (to resume it); move anything else there aside."""
-        what = what_is(self.part)
-        if what is not None:
-            raise PathBlockedError(blocked_message(self.part, what, "a partial download"),
-                                   key=self.spec.key, path=self.part)
+        require_plain(self.part, "a partial download", key=self.spec.key)
+        require_plain(self.record, "the record of a partial download", key=self.spec.key)
         if not os.path.lexists(self.part):
             self.forget()
             return
-        record = _read_json(self.record)
         st = os.lstat(self.part)
-        mine = (isinstance(record, dict) and record.get("inode") == [st.st_dev, st.st_ino]
-                and record.get("for") == self._identity())
-        if mine:
+        why = self._why_not_mine(st)
+        if why is None:
             self.inode = (st.st_dev, st.st_ino)
             return
         moved = set_aside(self.part)
         self.forget()
-        self.say(f"{self.part.name} was not left by this downloader (or by a download of another file): "
-                 f"moved it to {moved.name}; starting afresh")
+        self.say(f"{self.part.name} {why}: moved it to {moved.name}; starting afresh")
+
+    def _why_not_mine(self, st: os.stat_result) -> str | None:
+        problem = not_ours(st)
+        if problem:
+            return f"{problem}, so it is not ours to write"
+        record = _read_json(self.record)
+        if not (isinstance(record, dict) and record.get("inode") == [st.st_dev, st.st_ino]
+                and record.get("for") == self._identity() and record.get("file", self.path.name) == self.path.name):
+            return "was not left by this downloader (or by a download of another file)"
+        return None
 
     def _identity(self) -> str:
         return f"{self.spec.key} {self.spec.sha256 or ''} {self.spec.expected_size_text()}"
@@ -183,7 +194,13 @@ class PartFile:
             out = create_new(self.part)
             st = os.fstat(out.fileno())
             self.inode = (st.st_dev, st.st_ino)
-            write_new_atomically(self.record, json.dumps({"for": self._identity(), "inode": list(self.inode)}).encode())
+            record = {"for": self._identity(), "file": self.path.name, "inode": list(self.inode)}
+            try:
+                write_new_atomically(self.record, json.dumps(record).encode(), "the record of a partial download")
+            except BaseException:
+                out.close()
+                self.drop()  # a .part without its record would be set aside by the next run: none is left
+                raise
         else:
             out = open_own(self.part, self.inode)
         out.seek(have)
@@ -229,10 +246,9 @@ class PartFile:
         self.forget()
 
     def forget(self) -> None:
+        """No ``.part`` of ours any more: delete its record (another user's is moved aside)."""
         self.inode = None
-        if what_is(self.record) is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.record)
+        discard_own(self.record)
 
     def close(self) -> None:
         if self.hash is not None:
@@ -297,7 +313,7 @@ class PartFile:
 
 
 def _read_json(path: Path):
-    data = read_small(path)
+    data = read_own(path)
     try:
         return json.loads(data) if data is not None else None
     except ValueError:

@@ -1,0 +1,162 @@
+"""The store against someone who can write its folder: planted links, hard links, forged records.
+
+Each case is what an attacker who can write the checkpoint folder (a shared Drive or lab folder)
+can do with the public registry and this source at hand, on a real file system and a real HTTP
+server on 127.0.0.1. What must hold, as for pip or huggingface_hub: nothing written outside the
+root (a link's target keeps its bytes), nothing the store did not create deleted, one clear line.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+
+import pytest
+
+from ddrm_helpers import DownloadError
+from ddrm_helpers.download import RetryPolicy, fetch_checkpoint
+from ddrm_helpers.safefs import PathBlockedError
+
+from .test_download import PAYLOAD, SHA256, files_in, spec_for
+
+pytestmark = pytest.mark.server
+
+OUTSIDE = b"a file of the user's, outside the checkpoint folder\n" * 100
+FOREIGN_UID = 4242  # another user of a shared folder
+
+
+@pytest.fixture
+def policy():
+    return RetryPolicy(max_failures=1, read_timeout=2, connect_timeout=2, sleep=lambda s: None)
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "checkpoints"
+
+
+@pytest.fixture
+def folder(root):
+    return root / "test"
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A user's file outside the root, on the same file system (so that it can be hard-linked)."""
+    path = tmp_path / "elsewhere" / "precious.bin"
+    path.parent.mkdir()
+    path.write_bytes(OUTSIDE)
+    return path
+
+
+def fetch(spec, root, policy, **kwargs):
+    return fetch_checkpoint(spec, root, retry=policy, progress=False, quiet=True, **kwargs)
+
+
+def unchanged(path) -> bool:
+    return path.read_bytes() == OUTSIDE
+
+
+def give_away(path) -> None:
+    """Make ``path`` another user's file, as if that user had written it into the shared folder."""
+    try:
+        os.chown(path, FOREIGN_UID, FOREIGN_UID, follow_symlinks=False)
+    except PermissionError:
+        pytest.skip("only root can give a file to another user here")
+
+
+def leave_a_partial_download(server, root, policy):
+    """A real interrupted download: ``model.ckpt.part`` (1,000,000 bytes) and its genuine record."""
+    cut = server.add("/cut", PAYLOAD, faults=[("short", 1_000_000)] * 3, ignore_range=True)
+    with pytest.raises(DownloadError):
+        fetch(spec_for(cut), root, policy)
+    part = root / "test" / "model.ckpt.part"
+    assert part.stat().st_size == 1_000_000
+    server.log.clear()
+    return part, root / "test" / ".model.ckpt.part.json"
+
+
+# -- the .part ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ignore_range", [False, True], ids=["resuming server", "server ignoring Range"])
+def test_a_hard_linked_part_with_a_forged_record_is_moved_aside_never_written(server, root, policy, outside,
+                                                                                 ignore_range, capsys):
+    part, record = leave_a_partial_download(server, root, policy)
+    forged = json.loads(record.read_bytes())
+    part.unlink()
+    os.link(outside, part)  # a hard link to the user's file, not a symbolic one: O_NOFOLLOW does not see it
+    st = os.stat(outside)
+    forged["inode"] = [st.st_dev, st.st_ino]  # the record's inode, computed as the store would
+    record.write_text(json.dumps(forged))
+    url = server.add("/m", PAYLOAD, ignore_range=ignore_range)
+    path = fetch_checkpoint(spec_for(url), root, retry=policy, progress=False)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert unchanged(outside) and os.stat(outside).st_size == len(OUTSIDE)
+    assert server.log[0]["range"] is None  # started afresh, not resumed
+    kept = part.with_name("model.ckpt.part.invalid")
+    assert os.path.samefile(kept, outside)  # moved aside, never deleted
+    lines = [line for line in capsys.readouterr().out.splitlines() if "model.ckpt.part" in line]
+    assert len(lines) == 1 and "has 2 links" in lines[0] and "moved it to model.ckpt.part.invalid" in lines[0]
+
+
+@pytest.mark.parametrize("owned", ["part", "record"])
+def test_a_part_or_its_record_of_another_user_is_moved_aside_never_resumed(server, root, policy, owned):
+    part, record = leave_a_partial_download(server, root, policy)
+    before = {"part": part.read_bytes(), "record": record.read_bytes()}
+    give_away(part if owned == "part" else record)
+    path = fetch(spec_for(server.add("/m", PAYLOAD)), root, policy)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert server.log[0]["range"] is None
+    assert part.with_name("model.ckpt.part.invalid").read_bytes() == before["part"]
+    if owned == "record":  # another user's record is not deleted either
+        assert record.with_name(".model.ckpt.part.json.invalid").read_bytes() == before["record"]
+
+
+def test_a_part_that_gains_a_second_link_while_paused_is_not_resumed(server, root, policy, tmp_path):
+    part, _ = leave_a_partial_download(server, root, policy)
+    watcher = tmp_path / "elsewhere_link"
+    os.link(part, watcher)  # someone keeps a name of their own for the bytes we would write
+    path = fetch(spec_for(server.add("/m", PAYLOAD)), root, policy)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert watcher.read_bytes() == PAYLOAD[:1_000_000]  # not one byte written through the other name
+    assert server.log[0]["range"] is None
+
+
+# -- links at every name the store uses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [".model.ckpt.part.json", ".model.ckpt.lock.soft"])
+def test_a_link_at_a_bookkeeping_name_is_reported_before_any_request(server, root, folder, policy, outside, name,
+                                                                    monkeypatch):
+    import ddrm_helpers.safefs as safefs
+
+    if name.endswith(".soft"):  # the lock file of a file system without flock
+        monkeypatch.setattr(safefs, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOSYS, "no flock")))
+    folder.mkdir(parents=True)
+    (folder / name).symlink_to(outside)
+    with pytest.raises(PathBlockedError) as info:
+        fetch(spec_for(server.add("/m", PAYLOAD)), root, policy, lock_timeout=5)
+    assert f"is a symbolic link (to {outside})" in str(info.value) and f"rm {folder / name}" in str(info.value)
+    assert unchanged(outside) and (folder / name).is_symlink()
+    assert server.log == []
+    assert not any(n.endswith(".invalid") for n in files_in(folder))
+
+
+def test_a_link_at_the_set_aside_name_is_passed_over(server, root, folder, policy, outside):
+    folder.mkdir(parents=True)
+    (folder / "model.ckpt").write_bytes(b"a wrong file")
+    (folder / "model.ckpt.invalid").symlink_to(outside)
+    fetch(spec_for(server.add("/m", PAYLOAD)), root, policy)
+    assert unchanged(outside) and (folder / "model.ckpt.invalid").is_symlink()
+    assert (folder / "model.ckpt.invalid.2").read_bytes() == b"a wrong file"
+
+
+def test_a_hard_linked_lock_file_is_never_written(server, root, folder, policy, outside):
+    folder.mkdir(parents=True)
+    os.link(outside, folder / ".model.ckpt.lock")
+    path = fetch(spec_for(server.add("/m", PAYLOAD)), root, policy)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert unchanged(outside)
