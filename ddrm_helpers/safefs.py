@@ -111,10 +111,11 @@ def not_ours(st: os.stat_result) -> str | None:
         return "is not a regular file"
     if st.st_nlink != 1:
         return f"has {st.st_nlink} links (another name elsewhere shares its bytes)"
-    return _other_owner(st)
+    return other_owner(st)
 
 
-def _other_owner(st: os.stat_result) -> str | None:
+def other_owner(st: os.stat_result) -> str | None:
+    """None for a file of ours; else whose it is, in words."""
     owner = current_owner()
     return None if owner is None or st.st_uid == owner else f"belongs to another user (uid {st.st_uid})"
 
@@ -205,7 +206,7 @@ def write_new_atomically(path: Path, data: bytes, role: str = "a bookkeeping fil
     """
     require_plain(path, role)
     with contextlib.suppress(FileNotFoundError):
-        why = _other_owner(os.lstat(path))
+        why = other_owner(os.lstat(path))
         if why:
             raise PathBlockedError(foreign_message(path, why, role), path=path)
     tmp = path.with_name(side_name(path.name, suffix=f".{os.getpid()}.{secrets.token_hex(4)}.tmp"))
@@ -285,7 +286,7 @@ def discard_own(path: Path) -> Path | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    if _other_owner(st):
+    if other_owner(st):
         return set_aside(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

@@ -129,8 +129,9 @@ class CheckpointStore:
                                    key=spec.key, path=where)
         return self.root.joinpath(*parts, spec.file)
 
-    def verify(self, key: str | CheckpointSpec, *, quiet: bool = False) -> Verification:
-        """The state of one file (verified, unpinned, missing, corrupt, blocked, unreadable); reads only."""
+    def verify(self, key: str | CheckpointSpec, *, quiet: bool = False, rehash: bool = False) -> Verification:
+        """The state of one file (verified, unpinned, missing, corrupt, blocked, unreadable); reads only
+        (but for the record of a good verification). ``rehash`` hashes it whatever its record says."""
         spec = self.spec(key)
         try:
             path = self.path(spec)
@@ -138,7 +139,7 @@ class CheckpointStore:
             return Verification(BLOCKED, err.path, detail=str(err))
         except OSError as err:  # a folder on the way that cannot be looked into
             return Verification(UNREADABLE, self.root, detail=f"cannot be read: {err.strerror or err}")
-        return verify_file(spec, path, say=Reporter(spec.file, quiet))
+        return verify_file(spec, path, use_record=not rehash, say=Reporter(spec.file, quiet))
 
     def fetch(self, key: str | CheckpointSpec, *, progress: bool = True, quiet: bool = False,
               retry: RetryPolicy | None = None, session=None, lock_timeout: float | None = None) -> Path:
@@ -225,9 +226,13 @@ class CheckpointStore:
 
     # -- many configs ------------------------------------------------------------------------------
 
-    def status(self, config_names: str | list[str] | None = None):
-        """Per config, each checkpoint's state, without downloading (a :class:`CheckpointStatus`)."""
-        return self._table(config_names, fetch=False)
+    def status(self, config_names: str | list[str] | None = None, *, verify: bool = False):
+        """Per config, each checkpoint's state, without downloading (a :class:`CheckpointStatus`).
+
+        ``verify`` hashes every file again, believing no record of an earlier verification (what
+        ``python -m ddrm_helpers status --verify`` does).
+        """
+        return self._table(config_names, fetch=False, options=dict(rehash=verify))
 
     def ensure(self, config_names: str | list[str] | None = None, *, progress: bool = True, quiet: bool = False,
                retry: RetryPolicy | None = None):
@@ -266,6 +271,7 @@ class CheckpointStore:
         except ConfigError as err:
             return None, None, err
         error = None
+        rehash = options.pop("rehash", False)
         if fetch:
             try:
                 self.fetch(spec, **options)
@@ -278,7 +284,7 @@ class CheckpointStore:
             except OSError as err:  # a folder that cannot be made, a lock that cannot be taken...
                 error = DownloadError(f"{spec.file}: {err.strerror or err}", key=spec.key)
                 print(error, flush=True)
-        return spec, self.verify(spec, quiet=options.get("quiet", False)), error
+        return spec, self.verify(spec, quiet=options.get("quiet", False), rehash=rehash), error
 
 
 # -- the conveniences of the public API: one call, a store of their arguments ---------------------------
@@ -317,15 +323,16 @@ def checkpoint_status(
     *,
     registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
     store: CheckpointStore | None = None,
+    verify: bool = False,
 ) -> CheckpointStatus:
     """Per config, each checkpoint: verified, unpinned (verified as far as possible), missing, corrupt,
     blocked (a link or a folder in the way) or unreadable; reads only, never downloads.
 
     A convenience for ``CheckpointStore(cache_dir, registry).status(config_names)`` (or ``store``'s).
     A file is hashed at most once where a record of a good verification can be kept beside it, so
-    calling this again is cheap.
+    calling this again is cheap; ``verify=True`` hashes every file again, believing no record.
     """
-    return CheckpointStore.of(store, cache_dir, registry).status(config_names)
+    return CheckpointStore.of(store, cache_dir, registry).status(config_names, verify=verify)
 
 
 def ensure_checkpoints(

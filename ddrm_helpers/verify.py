@@ -1,9 +1,20 @@
 """Is a checkpoint file the right one? Size, sha256, tensor manifest, and a record of the answer.
 
 Hashing 4.5 GB takes tens of seconds, so a good verification is remembered in a small record
-beside the file (``.<file>.verified.json``) holding the file's size, modification and change times
-and inode. The record is trusted only while all of these still match, so a file that was replaced,
-rewritten or truncated since is hashed again.
+beside the file (``.<file>.verified.json``) holding the file's name, size, modification and change
+times, inode and device. The record is a cache, never a proof. It spares the hash only when
+
+- every one of those still matches (a file replaced, rewritten or truncated since, even with its
+  modification time put back, is hashed again: the change time cannot be set from user space);
+- the record is a plain file of the user running us, with one link: a record another user wrote
+  (in a shared folder, anyone who can write the folder can write one that matches a substitute
+  file of the same size) is not believed;
+- the checkpoint has one link: a file with another name elsewhere can be changed through it by
+  whoever owns that name, and on the mounts where hard links appear (network, FUSE) the change
+  time is not always kept as a local disk keeps it.
+
+Whoever writes the folder as the same user could still forge a record: ``status --verify``
+(``verify_file(..., use_record=False)``) hashes every file whatever its record says.
 """
 
 from __future__ import annotations
@@ -18,10 +29,18 @@ from pathlib import Path
 
 from .errors import CheckpointMismatchError
 from .registry import CheckpointSpec, load_manifest
-from .safefs import blocked_message, is_read_only, open_read, read_small, what_is, write_new_atomically
+from .safefs import (
+    blocked_message,
+    is_read_only,
+    open_read,
+    other_owner,
+    read_own,
+    what_is,
+    write_new_atomically,
+)
 
 HASH_CHUNK = 8 << 20
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: the key holds the device, and the record must be the user's own
 
 # The states a checkpoint can be in, as shown by `checkpoint_status`.
 VERIFIED = "verified"  # present, size and pinned sha256 match
@@ -84,7 +103,8 @@ def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = 
         folder = str(path.parent)
         if folder not in _unrecorded_folders:
             _unrecorded_folders.add(folder)
-            why = "it is read-only" if is_read_only(err) else (what_is(target) or err.strerror or str(err))
+            why = "it is read-only" if is_read_only(err) else (what_is(target) or _owner_of(target) or err.strerror
+                                                                or str(err))
             say(f"note: cannot keep a verification record in {folder} ({why}); the checkpoints there are "
                 "verified by hashing them each time they are used, which takes longer but is just as safe.")
         return False
@@ -93,8 +113,17 @@ def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = 
 _unrecorded_folders: set[str] = set()
 
 
+def _owner_of(path: Path) -> str | None:
+    try:
+        why = other_owner(os.lstat(path))
+    except OSError:
+        return None
+    return f"its record there {why}" if why else None
+
+
 def read_record(path: Path) -> dict | None:
-    data = read_small(record_path(path))
+    """The record beside ``path`` if it is a plain file of ours with one link (else None)."""
+    data = read_own(record_path(path))
     try:
         record = json.loads(data) if data is not None else None
     except ValueError:
@@ -104,23 +133,26 @@ def read_record(path: Path) -> dict | None:
 
 def _stat_key(st: os.stat_result) -> dict:
     # ctime cannot be set from user space, so an edit that restores mtime is still noticed.
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
+            "device": st.st_dev}
 
 
 def record_matches(path: Path, record: dict | None) -> bool:
-    if not record:
+    """Whether ``record`` still describes the file at ``path``, which must have one link."""
+    if not record or record.get("file") != path.name:
         return False
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    return all(record.get(k) == v for k, v in _stat_key(st).items())
+    return st.st_nlink == 1 and all(record.get(k) == v for k, v in _stat_key(st).items())
 
 
 def verify_file(spec: CheckpointSpec, path: Path, *, use_record: bool = True, say=print) -> Verification:
     """Check the file at ``path`` against ``spec``; never raises for a bad file, says why instead.
 
     A link, a folder or another special file at ``path`` is ``blocked``: it is not followed.
+    ``use_record=False`` hashes the file whatever its record says.
     """
     what = what_is(path)
     if what is not None:

@@ -160,3 +160,104 @@ def test_a_hard_linked_lock_file_is_never_written(server, root, folder, policy, 
     path = fetch(spec_for(server.add("/m", PAYLOAD)), root, policy)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
     assert unchanged(outside)
+
+
+# -- the verification record is a cache, never a proof --------------------------------------------------
+
+
+STAT_FIELDS = {"size": "st_size", "mtime_ns": "st_mtime_ns", "ctime_ns": "st_ctime_ns", "inode": "st_ino",
+               "device": "st_dev"}
+
+
+def substitute_and_forge(path, as_another_user: bool):
+    """Put a file of the same size but other bytes under the checkpoint's name and rewrite its
+    verification record to match it, field by field, as anyone who can write the folder can."""
+    record = path.with_name(f".{path.name}.verified.json")
+    fields = json.loads(record.read_bytes())
+    substitute = bytes(reversed(path.read_bytes()))
+    path.unlink()
+    path.write_bytes(substitute)
+    if as_another_user:
+        give_away(path)  # before the stat: a chown changes the change time
+    st = os.stat(path)
+    fields.update({field: getattr(st, attr) for field, attr in STAT_FIELDS.items() if field in fields})
+    record.unlink()
+    record.write_text(json.dumps(fields))
+    if as_another_user:
+        give_away(record)
+    return substitute
+
+
+@pytest.fixture
+def hashes(monkeypatch):
+    """Every file that verification hashes."""
+    import ddrm_helpers.verify as verify
+
+    seen = []
+    real = verify.hash_file
+    monkeypatch.setattr(verify, "hash_file", lambda path, *a, **k: seen.append(path) or real(path, *a, **k))
+    return seen
+
+
+def test_a_same_size_substitute_with_a_record_rewritten_by_another_user_is_hashed_and_refused(server, root,
+                                                                                              policy, hashes):
+    from ddrm_helpers.store import CheckpointStore
+
+    url = server.add("/m", PAYLOAD)
+    path = fetch(spec_for(url), root, policy)
+    substitute = substitute_and_forge(path, as_another_user=True)
+    store = CheckpointStore(root)
+    state = store.verify(spec_for(url), quiet=True)
+    assert state.state == "corrupt" and f"sha256 mismatch: expected {SHA256}" in state.detail and hashes
+    path = store.fetch(spec_for(url), retry=policy, progress=False, quiet=True)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert path.with_name("model.ckpt.invalid").read_bytes() == substitute  # kept aside, not deleted
+
+
+def test_status_verify_hashes_everything_and_finds_a_forgery_by_the_same_user(server, root, policy, tmp_path,
+                                                                               monkeypatch, capsys):
+    from ddrm_helpers import cli
+
+    from .tiny_files import pinned_entry, write_registry
+
+    url = server.add("/m", PAYLOAD)
+    registry = write_registry(tmp_path / "r.yml", {"celeba_hq": pinned_entry("model.ckpt", "test", PAYLOAD, [url])})
+    monkeypatch.setenv("DDRM_REGISTRY", str(registry))
+    fetch(spec_for(url), root, policy)
+    substitute_and_forge(root / "test" / "model.ckpt", as_another_user=False)
+    capsys.readouterr()
+    # Whoever writes as this very user can forge a record that a plain status believes...
+    assert cli.main(["status", "--config", "celeba_hq", "--dir", str(root)]) == 0
+    assert "verified" in capsys.readouterr().out
+    # ... and --verify believes no record.
+    assert cli.main(["status", "--verify", "--config", "celeba_hq", "--dir", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "corrupt" in out and f"sha256 mismatch: expected {SHA256}" in out
+
+
+def test_a_verified_file_with_a_second_link_is_hashed_at_every_use(server, root, policy, tmp_path, hashes):
+    from ddrm_helpers.store import CheckpointStore
+
+    url = server.add("/m", PAYLOAD)
+    path = fetch(spec_for(url), root, policy)
+    store = CheckpointStore(root)
+    assert store.verify(spec_for(url)).cached and hashes == []
+    os.link(path, tmp_path / "another_name.ckpt")
+    for _ in range(2):
+        state = store.verify(spec_for(url), quiet=True)
+        assert state.state == "verified" and not state.cached
+    assert len(hashes) == 2
+
+
+@pytest.mark.parametrize("field", [*STAT_FIELDS, "file"])
+def test_the_record_is_believed_only_while_every_field_of_its_key_matches(server, root, policy, hashes, field):
+    from ddrm_helpers.store import CheckpointStore
+
+    url = server.add("/m", PAYLOAD)
+    path = fetch(spec_for(url), root, policy)
+    record = path.with_name(".model.ckpt.verified.json")
+    fields = json.loads(record.read_bytes())
+    fields[field] = "other.ckpt" if field == "file" else fields[field] + 1
+    record.write_text(json.dumps(fields))
+    state = CheckpointStore(root).verify(spec_for(url), quiet=True)
+    assert state.state == "verified" and not state.cached and len(hashes) == 1
