@@ -30,7 +30,7 @@ from .errors import ChecksumError, DownloadError
 from .part_writer import DiskFull, PartFile
 from .paths import CHECKPOINT_DIR_ENV
 from .registry import CheckpointSpec, format_size
-from .safefs import PathBlockedError, StoreLock, is_disk_full, is_read_only, require_plain, set_aside
+from .safefs import PathBlockedError, StoreLock, is_disk_full, is_read_only, require_plain, set_aside, side_name
 from .verify import BLOCKED, CORRUPT, UNREADABLE, check_manifest, verify_file, write_record
 
 
@@ -72,7 +72,7 @@ class Reporter:
 
 def lock_path(path: Path) -> Path:
     """The lock that lets one process at a time download the checkpoint at ``path``."""
-    return path.with_name(f".{path.name}.lock")
+    return path.with_name(side_name(path.name, ".", ".lock"))
 
 
 def download_file(spec: CheckpointSpec, path: Path, say: Callable[[str], None], *, progress: bool = True,

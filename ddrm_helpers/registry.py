@@ -222,6 +222,8 @@ def plain_name_problem(name: str) -> str:
         return "starts with '.' or '~'"
     if len(name) > 2 and name[1] == ":":
         return "is a drive path"
+    if len(name.encode()) > 255:
+        return "is longer than 255 bytes, more than file systems allow in a name"
     if name.endswith(_RESERVED_ENDINGS):
         return f"ends like a file the store keeps beside checkpoints ({', '.join(_RESERVED_ENDINGS)})"
     return ""

@@ -35,6 +35,7 @@ from .safefs import (
     open_read,
     other_owner,
     read_own,
+    side_name,
     what_is,
     write_new_atomically,
 )
@@ -76,7 +77,8 @@ def hash_file(path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256",)
 
 
 def record_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.verified.json")
+    """``.<file>.verified.json`` beside the file (shortened with a hash where the name is long)."""
+    return path.with_name(side_name(path.name, ".", ".verified.json"))
 
 
 def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = None, say=print) -> bool:

@@ -261,3 +261,34 @@ def test_the_record_is_believed_only_while_every_field_of_its_key_matches(server
     record.write_text(json.dumps(fields))
     state = CheckpointStore(root).verify(spec_for(url), quiet=True)
     assert state.state == "verified" and not state.cached and len(hashes) == 1
+
+
+# -- long file names -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [240, 255])
+def test_a_long_legal_file_name_downloads_resumes_and_leaves_nothing_behind(server, root, folder, policy, length):
+    name = "n" * (length - 3) + ".pt"
+    for _ in range(2):  # each run is cut short: the .part and its record stay, and nothing else
+        cut = server.add("/cut", PAYLOAD, faults=[("short", 1_000_000)] * 3, ignore_range=True)
+        with pytest.raises(DownloadError):
+            fetch(spec_for(cut, file=name), root, policy)
+    assert server.log[2]["range"] == "bytes=1000000-"  # the second run resumed the first one's .part
+    path = fetch(spec_for(server.add("/m", PAYLOAD), file=name), root, policy)
+    assert path.name == name and hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert server.log[-1]["range"] == "bytes=1000000-"
+    left = files_in(folder)
+    assert len(left) == 3 and name in left  # the file, its verification record and its lock
+    assert all(len(n.encode()) <= 255 for n in left) and not any("invalid" in n for n in left)
+    assert json.loads((folder / next(n for n in left if n.endswith(".verified.json"))).read_text())["file"] == name
+
+
+def test_a_file_name_longer_than_the_file_system_allows_is_a_registry_error(tmp_path):
+    from ddrm_helpers import ConfigError, load_registry
+
+    from .tiny_files import pinned_entry, write_registry
+
+    entry = pinned_entry("n" * 253 + ".pt", "test", PAYLOAD, ["https://example.org/m.pt"])
+    with pytest.raises(ConfigError, match=r"checkpoint 'celeba_hq': 'file' must be a plain file name: .* is longer "
+                                          r"than 255 bytes"):
+        load_registry(write_registry(tmp_path / "r.yml", {"celeba_hq": entry}))
