@@ -28,7 +28,7 @@ from .config import Config, available_configs, load_config
 from .errors import ConfigError, DownloadError
 from .fetch_policy import Reporter, RetryPolicy, download_file
 from .paths import checkpoint_root
-from .registry import CheckpointSpec, get_spec, load_registry, plain_name_problem
+from .registry import CheckpointSpec, get_spec, load_registry, plain_name_problem, read_manifest
 from .safefs import PathBlockedError, blocked_folder, blocked_message
 from .status import CheckpointRow, CheckpointStatus, describe
 from .validate import check_folder
@@ -112,6 +112,8 @@ class CheckpointStore:
                 if problem:
                     raise ConfigError(f"checkpoint '{spec.key}': '{name}' must be a plain relative name under the "
                                       f"checkpoint root: {value!r} ({part!r} {problem})")
+        if not spec.pinned and spec.manifest is not None:
+            read_manifest(spec)  # what an unpinned file is checked against: a broken one is a registry error
         return spec
 
     def path(self, key: str | CheckpointSpec) -> Path:

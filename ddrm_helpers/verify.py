@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointMismatchError
-from .registry import CheckpointSpec, load_manifest
+from .registry import CheckpointSpec, load_manifest, manifest_sizes
 from .safefs import (
     blocked_message,
     is_read_only,
@@ -39,6 +39,7 @@ from .safefs import (
     what_is,
     write_new_atomically,
 )
+from .torch_zip import archive_problem, is_zip
 
 HASH_CHUNK = 8 << 20
 RECORD_VERSION = 2  # 2: the key holds the device, and the record must be the user's own
@@ -200,8 +201,13 @@ def _verified_detail(spec: CheckpointSpec) -> str:
     return "no published sha256; size, server digests and tensor manifest checked"
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
+def load_state_dict(path: str | os.PathLike, *, unpinned: CheckpointSpec | None = None) -> dict:
     """``torch.load(weights_only=True)`` on the CPU, memory-mapped where the file system allows.
+
+    Before any load, a zip's directory is checked (:mod:`ddrm_helpers.torch_zip`): no record
+    compressed or encrypted, none past the file's end. ``unpinned`` is the spec of a file whose
+    bytes no hash vouches for: it must then be a zip whose records match the spec's tensor manifest,
+    and it is loaded memory-mapped only (a plain load is the one that inflates what it reads).
 
     Raises :class:`CheckpointMismatchError` for a file that is not a loadable state dict, with
     what it is instead: a file holding code or Python objects (refused by ``weights_only``) is
@@ -211,14 +217,24 @@ def load_state_dict(path: str | os.PathLike) -> dict:
 
     import torch
 
+    path = Path(path)
+    _check_archive(path, unpinned)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (RuntimeError, OSError, ValueError):
+        except (RuntimeError, OSError, ValueError) as err:
+            if unpinned is not None:
+                raise CheckpointMismatchError(
+                    f"{path} could not be memory-mapped ({_first_line(err)}); a file without a pinned hash is "
+                    "loaded no other way. If it lies on a network or FUSE mount, copy it to a local disk "
+                    "(set DDRM_CHECKPOINT_DIR to a folder there)."
+                ) from None
             # Memory-mapping fails on files written by torch < 1.6 (not zip archives) and on some
             # mounts (network, FUSE): a plain read works there. A file that is really broken fails
             # again below, with its own message.
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointMismatchError:
+        raise
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"GLOBAL ([\w.]+)", text)
@@ -269,10 +285,26 @@ def compare_to_manifest(names_shapes: dict[str, tuple[int, ...]], manifest: dict
     return "; ".join(parts)
 
 
-def check_manifest(spec: CheckpointSpec, path: Path) -> str:
-    """'' when the file loads with ``weights_only=True`` and matches the spec's tensor manifest."""
+def _check_archive(path: Path, unpinned: CheckpointSpec | None) -> None:
+    """Refuse, from its zip directory alone, a file whose load could inflate or whose records are not
+    the manifest's tensors (see :func:`load_state_dict`)."""
     try:
-        state = load_state_dict(path)
+        zipped = is_zip(path)
+        if not zipped and unpinned is None:
+            return  # a file of torch < 1.6 (not a zip), loadable only because a pinned hash vouches for it
+        problem = archive_problem(path, manifest_sizes(unpinned) if unpinned is not None else None) if zipped \
+            else "it is not a zip archive as torch.save writes (a file without a pinned hash must be one)"
+    except OSError as err:
+        problem = f"it cannot be read ({err.strerror or err})"
+    if problem:
+        raise CheckpointMismatchError(f"{path} cannot be loaded as a checkpoint: {problem}.")
+
+
+def check_manifest(spec: CheckpointSpec, path: Path) -> str:
+    """'' when the file's zip matches the spec's tensor manifest, it loads with ``weights_only=True``,
+    and its names, shapes and values are the manifest's (finite)."""
+    try:
+        state = load_state_dict(path, unpinned=spec)
     except CheckpointMismatchError as err:
         return str(err)
     import torch
