@@ -27,6 +27,7 @@ import requests
 
 from . import http_protocol as http
 from .errors import ChecksumError, DownloadError
+from .http_deadline import new_session
 from .part_writer import DiskFull, PartFile
 from .paths import CHECKPOINT_DIR_ENV
 from .registry import CheckpointSpec, format_size
@@ -40,8 +41,11 @@ class RetryPolicy:
 
     ``max_failures`` counts consecutive attempts that brought no new bytes; an attempt that
     brings bytes resets it, so a slow but working connection is never abandoned.
-    ``min_rate`` (bytes per second) over ``rate_window`` seconds is the floor below which a
-    connection that still trickles is cut and counted as a failure, like a stall.
+    ``read_timeout`` bounds each wait for a byte; ``response_timeout`` the time from sending a
+    request to its last header (and an error page's first words), so that a server sending its
+    headers a byte at a time is cut like a stall. ``min_rate`` (bytes per second) over
+    ``rate_window`` seconds is the floor below which a body that still trickles is cut and counted
+    as a failure, like a stall.
     ``sleep`` is injectable so that tests record waits instead of waiting.
     """
 
@@ -51,6 +55,7 @@ class RetryPolicy:
     max_retry_after: float = 600.0
     connect_timeout: float = 20.0
     read_timeout: float = 60.0
+    response_timeout: float = 60.0
     min_rate: float = 10_000.0
     rate_window: float = 60.0
     sleep: Callable[[float], None] = time.sleep
@@ -152,7 +157,7 @@ class _Download:
 
     def __init__(self, spec, path, say, progress, retry, session):
         self.spec, self.path, self.say, self.progress, self.retry = spec, path, say, progress, retry
-        self.session = session or http.new_session()
+        self.session = session or new_session()
         self.part = PartFile(spec, path, say)
         self.attempts: list[_Attempt] = []
 
@@ -269,9 +274,9 @@ class _Download:
         if have:
             headers["Range"] = f"bytes={have}-"
         timeouts = (self.retry.connect_timeout, self.retry.read_timeout)
-        response = http.get_following_redirects(self.session, url, headers, self.spec, timeouts)
+        response, announced = http.request(self.session, url, headers, self.spec, have, timeouts,
+                                           self.retry.response_timeout)
         with response:
-            announced = http.check_response(response, self.spec, have)
             if announced.complete:
                 return announced  # the partial file is already whole; verify it
             if response.status_code == 200 and have:

@@ -4,6 +4,13 @@ Nothing here touches the disk. A request either yields the body's chunks or rais
 answers for the retry policy (:mod:`ddrm_helpers.fetch_policy`): :class:`Retry` (this may pass: a
 reset, a stall, a 5xx, a body below the rate floor) or :class:`SourceFailed` (it will not: a 404,
 an error page, another file's size or digest, a body longer than the file).
+
+Every part of an answer is bounded in time. The read timeout bounds each wait for a byte; a
+server that sends a byte just before it passes would hold a download for ever, so the status
+line, the headers and the first words of an error page are also under a deadline for the whole
+of them (:class:`~ddrm_helpers.http_deadline.ResponseDeadline`, which shuts the connection's
+socket when it passes), and the body under the rate floor (:class:`RateFloor`). Name resolution
+is the system's, before any of it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
+from .http_deadline import ResponseDeadline
 from .registry import CheckpointSpec, format_size, is_allowed_url
 
 CHUNK = 1 << 20
@@ -84,18 +92,30 @@ class RateFloor:
         return None
 
 
-def new_session() -> requests.Session:
-    session = requests.Session()
-    session.headers["User-Agent"] = "ddrm-demo checkpoint downloader (python-requests)"
-    return session
+def request(session: requests.Session, url: str, headers: dict, spec: CheckpointSpec, have: int,
+            timeouts: tuple[float, float], response_timeout: float) -> tuple[requests.Response, Announced]:
+    """GET ``url`` (resumed at ``have``), its redirects and its headers checked, all within
+    ``response_timeout`` seconds; the response is left open for its body (:func:`body`)."""
+    with ResponseDeadline(response_timeout) as deadline:
+        try:
+            response = _get_following_redirects(session, url, headers, spec, timeouts)
+            try:
+                return response, _check_response(response, spec, have)
+            except BaseException:
+                response.close()
+                raise
+        except Retry:
+            if deadline.expired:
+                raise Retry(deadline.outcome()) from None
+            raise
 
 
-def get_following_redirects(session: requests.Session, url: str, headers: dict, spec: CheckpointSpec,
+def _get_following_redirects(session: requests.Session, url: str, headers: dict, spec: CheckpointSpec,
                             timeouts: tuple[float, float]) -> requests.Response:
     """GET, following redirects by hand so that each hop is checked before it is contacted.
 
     Hugging Face ``resolve`` URLs redirect to a CDN; the redirect carries the file's sha256
-    (``X-Linked-Etag``), so the hops are kept in ``response.history`` for :func:`check_response`.
+    (``X-Linked-Etag``), so the hops are kept in ``response.history`` for :func:`_check_response`.
     """
     history: list[requests.Response] = []
     first_scheme = urlsplit(url).scheme
@@ -121,7 +141,7 @@ def get_following_redirects(session: requests.Session, url: str, headers: dict, 
     raise SourceFailed("too many redirects")
 
 
-def check_response(response: requests.Response, spec: CheckpointSpec, have: int) -> Announced:
+def _check_response(response: requests.Response, spec: CheckpointSpec, have: int) -> Announced:
     """Refuse what cannot be the file; return the length and digests the server announced."""
     chain = [*response.history, response]
     status = response.status_code

@@ -14,8 +14,8 @@ from .conftest import REPO
 
 PACKAGE = REPO / "ddrm_helpers"
 # The store, the three modules of the downloader, its public names, and the status table
-STORE_SIDE = ("store", "status", "download", "fetch_policy", "http_protocol", "part_writer", "verify", "safefs",
-              "torch_zip", "registry")
+STORE_SIDE = ("store", "status", "download", "fetch_policy", "http_protocol", "http_deadline", "part_writer",
+              "verify", "safefs", "torch_zip", "registry")
 
 
 def imports_of(module: str) -> set[str]:

@@ -292,3 +292,38 @@ def test_a_file_name_longer_than_the_file_system_allows_is_a_registry_error(tmp_
     with pytest.raises(ConfigError, match=r"checkpoint 'celeba_hq': 'file' must be a plain file name: .* is longer "
                                           r"than 255 bytes"):
         load_registry(write_registry(tmp_path / "r.yml", {"celeba_hq": entry}))
+
+
+# -- deadlines on the whole response ---------------------------------------------------------------------
+
+
+def deadline_policy(**fields):
+    """Reads may wait 5 s, the status line and headers 0.5 s in all: a server that sends them a byte
+    every 0.05 s keeps every read well under the read timeout and needs some 35 s for its headers."""
+    return RetryPolicy(**{"max_failures": 2, "read_timeout": 5, "connect_timeout": 5, "response_timeout": 0.5,
+                          "sleep": lambda s: None, **fields})
+
+
+def test_a_server_dripping_its_status_line_and_headers_is_cut_like_a_drip_of_body(server, root):
+    slow = server.add("/slow", PAYLOAD, faults=[("drip_head", 0.05)] * 3)
+    path = fetch(spec_for(slow, server.add("/good", PAYLOAD)), root, deadline_policy())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    cut = server.requests_to("/slow")
+    assert len(cut) == 2 and not any(entry["head_done"] for entry in cut)  # cut twice, then the next source
+
+
+def test_a_drip_of_headers_on_every_source_is_one_line_in_the_report(server, root):
+    slow = server.add("/slow", PAYLOAD, faults=[("drip_head", 0.05)] * 3)
+    with pytest.raises(DownloadError) as info:
+        fetch(spec_for(slow), root, deadline_policy())
+    [(url, outcome)] = info.value.attempts
+    assert outcome.startswith("no status line and headers within 0.5 s (the server sent them too slowly); gave up "
+                              "after 2 tries in a row without progress")
+    assert files_in(root / "test") <= {".model.ckpt.lock"}
+
+
+def test_an_error_page_dripped_a_byte_at_a_time_is_not_waited_for(server, root):
+    slow = server.add("/denied", PAYLOAD, faults=[("drip_error", 403, 0.05)])
+    path = fetch(spec_for(slow, server.add("/good", PAYLOAD)), root, deadline_policy())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
+    assert server.requests_to("/denied")[0]["sent"] < 4096  # gave up before the page ended (some 200 s)
