@@ -327,3 +327,38 @@ def test_an_error_page_dripped_a_byte_at_a_time_is_not_waited_for(server, root):
     path = fetch(spec_for(slow, server.add("/good", PAYLOAD)), root, deadline_policy())
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
     assert server.requests_to("/denied")[0]["sent"] < 4096  # gave up before the page ended (some 200 s)
+
+
+# -- the command line --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["a file where the subfolder belongs", "a folder where the checkpoint belongs",
+                                   "a link where the subfolder belongs"])
+def test_something_in_the_way_is_one_row_and_exit_1_in_download_and_status(server, root, tmp_path, outside,
+                                                                         monkeypatch, capsys, where):
+    from ddrm_helpers import cli
+
+    from .tiny_files import pinned_entry, write_registry
+
+    url = server.add("/m", PAYLOAD)
+    monkeypatch.setenv("DDRM_REGISTRY", str(write_registry(
+        tmp_path / "r.yml", {"celeba_hq": pinned_entry("model.ckpt", "test", PAYLOAD, [url])})))
+    root.mkdir()
+    if where.startswith("a file"):
+        blocker, kind = root / "test", "is a file"
+        blocker.write_bytes(OUTSIDE)
+    elif where.startswith("a folder"):
+        blocker, kind = root / "test" / "model.ckpt", "is a folder"
+        blocker.mkdir(parents=True)
+        (blocker / "keep.txt").write_bytes(OUTSIDE)
+    else:
+        blocker, kind = root / "test", f"is a symbolic link (to {outside.parent})"
+        blocker.symlink_to(outside.parent, target_is_directory=True)
+    for command in (["download", "--quiet"], ["status"]):
+        assert cli.main([*command, "--config", "celeba_hq", "--dir", str(root)]) == 1
+        out, err = capsys.readouterr()
+        rows = [line for line in out.splitlines() if line.startswith("celeba_hq ")]
+        assert len(rows) == 1 and " blocked " in rows[0] and f"{blocker} (" in rows[0] and kind in rows[0]
+        assert "Traceback" not in out + err
+    assert server.log == [] and unchanged(outside)
+    assert sorted(p.name for p in outside.parent.iterdir()) == ["precious.bin"]
