@@ -158,7 +158,7 @@ class PartFile:
             self.forget()
             return
         st = os.lstat(self.part)
-        why = self._why_not_mine(st)
+        why = self.why_not_ours(st)
         if why is None:
             self.inode = (st.st_dev, st.st_ino)
             return
@@ -166,7 +166,9 @@ class PartFile:
         self.forget()
         self.say(f"{self.part.name} {why}: moved it to {moved.name}; starting afresh")
 
-    def _why_not_mine(self, st: os.stat_result) -> str | None:
+    def why_not_ours(self, st: os.stat_result) -> str | None:
+        """None when the ``.part`` (of stat ``st``) is one this downloader made and may resume; else
+        why not, in words. Reads only."""
         problem = not_ours(st)
         if problem:
             return f"{problem}, so it is not ours to write"

@@ -11,11 +11,13 @@ It only presents what the store found; :func:`~ddrm_helpers.store.checkpoint_sta
 from __future__ import annotations
 
 import html
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DownloadError
-from .part_writer import part_path, part_record_path
+from .part_writer import PartFile
 from .paths import CHECKPOINT_DIR_ENV
 from .registry import CheckpointSpec, format_size
 from .verify import MISSING, UNPINNED, VERIFIED, Verification
@@ -116,13 +118,16 @@ def describe(spec: CheckpointSpec, found: Verification, error: DownloadError | N
         outcomes = list(dict.fromkeys(outcome for _, outcome in error.attempts)) or [str(error).split("\n")[0]]
         return "download failed: " + "; ".join(outcomes) + " (the full message is printed above)"
     if found.state == MISSING:
-        part = part_path(found.path)
-        if part.is_file() and not part.is_symlink():
-            if not part_record_path(found.path).is_file():
-                return ("not downloaded yet; the .part file there was not left by this downloader: `download` "
-                        "moves it aside and starts afresh")
-            have = part.stat().st_size
-            return f"partial download, {_size(have)} of {_size(spec.max_size)}; `download` resumes it"
+        part = PartFile(spec, found.path, say=print)
+        try:
+            st = os.lstat(part.part)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            why = part.why_not_ours(st)
+            if why:
+                return f"not downloaded yet; the .part file there {why}: `download` moves it aside and starts afresh"
+            return f"partial download, {_size(st.st_size)} of {_size(spec.max_size)}; `download` resumes it"
         return "not downloaded yet; `download` fetches it"
     if found.state == UNPINNED:
         return f"no published hash; checked by size and tensor manifest; sha256 {found.sha256[:16]}..."

@@ -67,11 +67,11 @@ def give_away(path) -> None:
         pytest.skip("only root can give a file to another user here")
 
 
-def leave_a_partial_download(server, root, policy):
+def leave_a_partial_download(server, root, policy, key="test_model"):
     """A real interrupted download: ``model.ckpt.part`` (1,000,000 bytes) and its genuine record."""
     cut = server.add("/cut", PAYLOAD, faults=[("short", 1_000_000)] * 3, ignore_range=True)
     with pytest.raises(DownloadError):
-        fetch(spec_for(cut), root, policy)
+        fetch(spec_for(cut, key=key), root, policy)
     part = root / "test" / "model.ckpt.part"
     assert part.stat().st_size == 1_000_000
     server.log.clear()
@@ -123,6 +123,22 @@ def test_a_part_that_gains_a_second_link_while_paused_is_not_resumed(server, roo
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
     assert watcher.read_bytes() == PAYLOAD[:1_000_000]  # not one byte written through the other name
     assert server.log[0]["range"] is None
+
+
+def test_status_says_what_download_will_do_with_a_part(server, root, policy, tmp_path):
+    from ddrm_helpers import checkpoint_status
+
+    from .tiny_files import pinned_entry, write_registry
+
+    registry = write_registry(tmp_path / "r.yml", {"celeba_hq": pinned_entry("model.ckpt", "test", PAYLOAD,
+                                                                             [server.url("/m")])})
+    part, _ = leave_a_partial_download(server, root, policy, key="celeba_hq")
+    [row] = checkpoint_status("celeba_hq", root, registry=registry).rows
+    assert row.detail.startswith("partial download, 1.0 MB of 3.0 MB; `download` resumes it")
+    os.link(part, tmp_path / "another_name")
+    [row] = checkpoint_status("celeba_hq", root, registry=registry).rows
+    assert row.detail == ("not downloaded yet; the .part file there has 2 links (another name elsewhere shares its "
+                          "bytes), so it is not ours to write: `download` moves it aside and starts afresh")
 
 
 # -- links at every name the store uses ---------------------------------------------------------------
