@@ -10,9 +10,11 @@ Modules, one idea each:
                    ``fetch_checkpoint``, ``checkpoint_status``, ``ensure_checkpoints``
 - ``fetch_policy`` the downloader's policy: the lock, sources in order, retries, the one failure report
 - ``http_protocol`` the downloader's HTTP: one GET, redirects, ranges, headers, the body under a rate floor
+- ``http_deadline`` a deadline on a whole response head (a server that drips its headers is cut)
 - ``part_writer``  the downloader's ``.part`` file: its record, its bytes and hash, the disk
 - ``download``     the downloader's public names in one place (``fetch_checkpoint``, ``RetryPolicy``, ...)
 - ``verify``       is a file the right one (size, sha256, tensor manifest), and the record of it
+- ``torch_zip``    a ``torch.save`` zip checked from its directory alone, before anything loads it
 - ``safefs``       the file-system rules of everything we write: no link followed, nothing foreign written
 - ``status``       the checkpoint table: which configs can run, and why not
 - ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
@@ -67,8 +69,9 @@ _SOURCES = {
     "store": ("CheckpointStore", "checkpoint_status", "ensure_checkpoints", "fetch_checkpoint"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-_SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "download", "engine", "http_protocol", "images",
-               "metrics", "notebook", "part_writer", "paths", "safefs", "selftest", "summary", "validate", "verify")
+_SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "download", "engine", "http_deadline", "http_protocol",
+               "images", "metrics", "notebook", "part_writer", "paths", "safefs", "selftest", "summary", "torch_zip",
+               "validate", "verify")
 
 __all__ = [
     "ArgumentError",
