@@ -6,11 +6,17 @@ Modules, one idea each:
 - ``registry``     the checkpoint registry (``configs/checkpoints.yml``)
 - ``paths``        the reference folder layout and the environment variables that move it
 - ``errors``       the exceptions
-- ``download``     ``fetch_checkpoint``: verified, resumable, retried downloads from mirrors
+- ``store``        ``CheckpointStore``: the checkpoint root and registry in one object, and its rules;
+                   ``fetch_checkpoint``, ``checkpoint_status``, ``ensure_checkpoints``
+- ``fetch_policy`` the downloader's policy: the lock, sources in order, retries, the one failure report
+- ``http_protocol`` the downloader's HTTP: one GET, redirects, ranges, headers, the body under a rate floor
+- ``http_deadline`` a deadline on a whole response head (a server that drips its headers is cut)
+- ``part_writer``  the downloader's ``.part`` file: its record, its bytes and hash, the disk
+- ``download``     the downloader's public names in one place (``fetch_checkpoint``, ``RetryPolicy``, ...)
 - ``verify``       is a file the right one (size, sha256, tensor manifest), and the record of it
-- ``store``        ``CheckpointStore``: the checkpoint root and registry in one object, and its rules
-- ``safefs``       the store's file-system rules: no link followed, nothing foreign written or deleted
-- ``status``       ``checkpoint_status`` / ``ensure_checkpoints``: which configs can run
+- ``torch_zip``    a ``torch.save`` zip checked from its directory alone, before anything loads it
+- ``safefs``       the file-system rules of everything we write: no link followed, nothing foreign written
+- ``status``       the checkpoint table: which configs can run, and why not
 - ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
 - ``schedule``     the diffusion's noise schedule and DDRM's timestep sequence
 - ``sampler``      the DDRM sampler (``ddrm_sample``)
@@ -51,7 +57,7 @@ _SOURCES = {
     "config": ("Config", "available_configs", "load_config"),
     "degradations": ("Degradation", "available_degradations", "box_mask", "make_degradation", "text_mask"),
     "display": ("show_grid", "show_results"),
-    "download": ("RetryPolicy", "fetch_checkpoint"),
+    "fetch_policy": ("RetryPolicy",),
     "errors": ("ArgumentError", "CheckpointMismatchError", "ChecksumError", "ClassLabelError", "ConfigError",
                "DegradationError", "DownloadError", "ImageError", "ModelInputError", "SamplingError"),
     "evaluation": ("Evaluation", "evaluate"),
@@ -64,13 +70,15 @@ _SOURCES = {
     "runner": ("run_config",),
     "sampler": ("ddrm_sample", "sigma_0_from_sigma_y"),
     "schedule": ("timestep_sequence",),
-    "status": ("CheckpointStatus", "checkpoint_status", "ensure_checkpoints"),
-    "store": ("CheckpointStore",),
+    "status": ("CheckpointStatus",),
+    "store": ("CheckpointStore", "checkpoint_status", "ensure_checkpoints", "fetch_checkpoint"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-_SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "engine", "images", "metrics", "notebook", "paths",
-               "safefs", "selftest", "summary", "validate", "verify")
+_SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "download", "engine", "http_deadline", "http_protocol",
+               "images", "metrics", "notebook", "part_writer", "paths", "safefs", "selftest", "summary", "torch_zip",
+               "validate", "verify")
 _SUBMODULES += ("distribution", "outdir", "ranks", "records", "runfolder")  # the evaluation's
+_SUBMODULES += ("budget", "canvas", "tiles")  # any size
 
 __all__ = [
     "ArgumentError",

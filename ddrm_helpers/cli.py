@@ -1,7 +1,7 @@
 """The command line: ``python -m ddrm_helpers <command>``.
 
     python -m ddrm_helpers demo     [--steps N] [--dir DIR] [--out DIR] [--device DEV]
-    python -m ddrm_helpers status   [--config NAME ...] [--dir DIR]
+    python -m ddrm_helpers status   [--config NAME ...] [--dir DIR] [--verify]
     python -m ddrm_helpers download [--config NAME ... | --all] [--dir DIR] [--quiet]
     python -m ddrm_helpers run      --config NAME [--config NAME ...] [--task TASK] [--sigma-y S]
                                     [--steps N] [--seed K] [--images PATH ...] [--classes C ...]
@@ -20,10 +20,11 @@
 whose checkpoints are there on the demo images with the config's defaults, skips the others with
 the reason, prints a summary, and exits 0 when at least one config ran, 1 when none could (each
 skipped one says why). ``status`` exits 0 after showing every config; asked about given configs
-(``--config``) it exits 1 when one of them cannot run. ``download`` exits 1 when a checkpoint it was
-asked for is still missing afterwards. ``run`` exits 1 when no config could run (each skipped one
-says why), or when a restoration is not finite (NaN or infinity: its summary line says FAILED);
-so do ``demo`` and ``restore``. ``restore`` restores your own degraded photo (docs/real-photos.md);
+(``--config``) it exits 1 when one of them cannot run. ``status --verify`` hashes every file again
+instead of believing the record of an earlier verification (docs/security.md). ``download`` exits 1
+when a checkpoint it was asked for is still missing afterwards. ``run`` exits 1 when no config could
+run (each skipped one says why), or when a restoration is not finite (NaN or infinity: its summary
+line says FAILED); so do ``demo`` and ``restore``. ``restore`` restores your own degraded photo (docs/real-photos.md);
 it exits 1 when the config cannot run. ``eval`` evaluates a config on a data set, resumably, and
 under ``torchrun`` on several GPUs (docs/evaluation.md); it exits 1 when the config cannot run, a
 restoration is not finite, an image could not be read (its record says why) or the disk filled up.
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show which checkpoints are present and verified")
     add_common(status)
+    status.add_argument("--verify", action="store_true",
+                        help="hash every file again, whatever the records of earlier verifications say")
     status.set_defaults(handler=_status)
 
     download = commands.add_parser("download", help="download and verify the checkpoints of configs")
@@ -178,7 +181,7 @@ def _ran_well(result) -> bool:
 
 
 def _status(args) -> int:
-    status = _store(args).status(args.config)
+    status = _store(args).status(args.config, verify=args.verify)
     print(status)
     return 0 if not args.config or status.all_ready else 1
 

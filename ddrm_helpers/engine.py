@@ -214,7 +214,7 @@ def load_networks(config: Config, store: CheckpointStore | None = None, *, devic
 
     from .models import load_pretrained
 
-    return load_pretrained(config, device=device or default_device(), paths=found)
+    return load_pretrained(config, device=device or default_device(), paths=found, store=store)
 
 
 def run(config: Config, settings: Settings, inputs: Inputs, *, store: CheckpointStore | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,6 +16,9 @@ from .errors import ConfigError
 from .paths import MANIFESTS_DIR, checkpoint_root, registry_path
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# The bytes of one element of each dtype a manifest may name
+ELEMENT_SIZES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "complex128": 16, "complex64": 8,
+                 "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,13 @@ class CheckpointSpec:
             return None
         path = Path(self.manifest)
         return path if path.is_absolute() else MANIFESTS_DIR / path
+
+
+def format_size(n: int) -> str:
+    """Bytes for people: 454.8 MB, 2.21 GB, 10 KB."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, CheckpointSpec]:
@@ -215,6 +226,8 @@ def plain_name_problem(name: str) -> str:
         return "starts with '.' or '~'"
     if len(name) > 2 and name[1] == ":":
         return "is a drive path"
+    if len(name.encode()) > 255:
+        return "is longer than 255 bytes, more than file systems allow in a name"
     if name.endswith(_RESERVED_ENDINGS):
         return f"ends like a file the store keeps beside checkpoints ({', '.join(_RESERVED_ENDINGS)})"
     return ""
@@ -240,12 +253,54 @@ def get_spec(key: str, registry: dict[str, CheckpointSpec] | None = None) -> Che
 
 def load_manifest(spec: CheckpointSpec) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, in the order of the official file."""
+    return {name: shape for name, (shape, _) in read_manifest(spec).items()}
+
+
+def read_manifest(spec: CheckpointSpec) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name -> (shape, dtype) from the spec's manifest; a manifest that is missing, not JSON
+    or not a manifest is a :class:`ConfigError` naming the file and the checkpoint."""
     path = spec.manifest_path()
     if path is None:
         raise ConfigError(f"checkpoint '{spec.key}' has no manifest in the registry")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return {name: tuple(t["shape"]) for name, t in data["tensors"].items()}
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise ConfigError(f"the manifest {path} of checkpoint '{spec.key}' cannot be read "
+                          f"({err.strerror or err})") from None
+    return _read_manifest_cached(str(path), spec.key, stat.st_mtime_ns, stat.st_size)
+
+
+def manifest_sizes(spec: CheckpointSpec) -> list[int]:
+    """The bytes of each tensor of the spec's manifest (numel times the dtype's size)."""
+    return [math.prod(shape) * ELEMENT_SIZES[dtype] for shape, dtype in read_manifest(spec).values()]
+
+
+@lru_cache(maxsize=16)
+def _read_manifest_cached(path: str, key: str, _mtime_ns: int, _size: int) -> dict:
+    def fail(why: str):
+        raise ConfigError(f"the manifest {path} of checkpoint '{key}' {why}")
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError) as err:
+        fail(f"cannot be read ({err})")
+    except ValueError as err:
+        fail(f"is not valid JSON ({err})")
+    tensors = data.get("tensors") if isinstance(data, dict) else None
+    if not isinstance(tensors, dict) or not tensors:
+        fail("has no 'tensors' mapping of names to {shape, dtype}")
+    manifest = {}
+    for name, tensor in tensors.items():
+        shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        dtype = tensor.get("dtype", "float32") if isinstance(tensor, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                for n in shape)):
+            fail(f"gives tensor {name!r} no shape (a list of whole numbers)")
+        if dtype not in ELEMENT_SIZES:
+            fail(f"gives tensor {name!r} the dtype {dtype!r}; known: {', '.join(ELEMENT_SIZES)}")
+        manifest[name] = (tuple(shape), dtype)
+    return manifest
 
 
 def _is_hex(text, length: int) -> bool:

@@ -1,21 +1,25 @@
-"""`checkpoint_status` and `ensure_checkpoints`: which configs can run, and why not.
+"""The checkpoint table: which configs can run, and why not (what `CheckpointStore.status` returns).
 
 >>> status = checkpoint_status()          # a table in a notebook, text in a terminal
 >>> status.ready("celeba_hq")
 False
+
+It only presents what the store found; :func:`~ddrm_helpers.store.checkpoint_status` and
+:func:`~ddrm_helpers.store.ensure_checkpoints` make it.
 """
 
 from __future__ import annotations
 
 import html
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .download import format_size, part_record_path
 from .errors import DownloadError
+from .part_writer import PartFile
 from .paths import CHECKPOINT_DIR_ENV
-from .registry import CheckpointSpec
+from .registry import CheckpointSpec, format_size
 from .verify import MISSING, UNPINNED, VERIFIED, Verification
 
 
@@ -108,60 +112,22 @@ class CheckpointStatus:
         )
 
 
-def checkpoint_status(
-    config_names: str | list[str] | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
-    store=None,
-) -> CheckpointStatus:
-    """Per config, each checkpoint: verified, unpinned (verified as far as possible), missing, corrupt,
-    blocked (a link or a folder in the way) or unreadable; reads only, never downloads.
-
-    A convenience for ``CheckpointStore(cache_dir, registry).status(config_names)`` (or ``store``'s).
-    A file is hashed at most once where a record of a good verification can be kept beside it, so
-    calling this again is cheap.
-    """
-    from .store import CheckpointStore
-
-    return CheckpointStore.of(store, cache_dir, registry).status(config_names)
-
-
-def ensure_checkpoints(
-    config_names: str | list[str] | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
-    store=None,
-    progress: bool = True,
-    quiet: bool = False,
-    retry=None,
-) -> CheckpointStatus:
-    """Fetch every checkpoint the configs need, as far as possible; never raises for a failed download,
-    a folder in the way or a bad registry.
-
-    Returns the status afterwards: a problem shows in its row (``detail`` in short, ``error`` in
-    full) and a failed download's message is printed, so that "run all" goes on to the next cell.
-    """
-    from .store import CheckpointStore
-
-    return CheckpointStore.of(store, cache_dir, registry).ensure(config_names, progress=progress, quiet=quiet,
-                                                                  retry=retry)
-
-
 def describe(spec: CheckpointSpec, found: Verification, error: DownloadError | None) -> str:
     """The short account of one file for the table."""
     if error and found.state == MISSING:
         outcomes = list(dict.fromkeys(outcome for _, outcome in error.attempts)) or [str(error).split("\n")[0]]
         return "download failed: " + "; ".join(outcomes) + " (the full message is printed above)"
     if found.state == MISSING:
-        part = found.path.with_name(found.path.name + ".part")
-        if part.is_file() and not part.is_symlink():
-            if not part_record_path(found.path).is_file():
-                return ("not downloaded yet; the .part file there was not left by this downloader: `download` "
-                        "moves it aside and starts afresh")
-            have = part.stat().st_size
-            return f"partial download, {_size(have)} of {_size(spec.max_size)}; `download` resumes it"
+        part = PartFile(spec, found.path, say=print)
+        try:
+            st = os.lstat(part.part)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            why = part.why_not_ours(st)
+            if why:
+                return f"not downloaded yet; the .part file there {why}: `download` moves it aside and starts afresh"
+            return f"partial download, {_size(st.st_size)} of {_size(spec.max_size)}; `download` resumes it"
         return "not downloaded yet; `download` fetches it"
     if found.state == UNPINNED:
         return f"no published hash; checked by size and tensor manifest; sha256 {found.sha256[:16]}..."

@@ -8,8 +8,8 @@
 The store owns a root folder and a registry (``configs/checkpoints.yml`` or ``$DDRM_REGISTRY``).
 Every rule about the folder lives here and in :mod:`ddrm_helpers.safefs`: registry names are plain
 relative names, nothing is written outside the root or through a link, bodies are bounded by the
-registry's size (:mod:`ddrm_helpers.download`), and reading verified files never needs write
-access. Front ends (``run_config``, ``restore_photo``, the CLI, the notebook) ask the store once
+registry's size (the downloader: :mod:`ddrm_helpers.fetch_policy`), and reading verified files
+never needs write access. Front ends (``run_config``, ``restore_photo``, the CLI, the notebook) ask the store once
 and hand the paths on.
 
 A download that failed in this process is remembered: :meth:`CheckpointStore.locate` with
@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, known_configs, load_config
-from .download import RetryPolicy, _Reporter, download_file
 from .errors import ConfigError, DownloadError
+from .fetch_policy import Reporter, RetryPolicy, download_file
 from .paths import PRIOR_DIR, PROJECT_ROOT, checkpoint_root
-from .registry import CheckpointSpec, get_spec, load_registry, plain_name_problem
+from .registry import CheckpointSpec, get_spec, load_registry, plain_name_problem, read_manifest
 from .safefs import PathBlockedError, blocked_folder, blocked_message
+from .status import CheckpointRow, CheckpointStatus, describe
 from .validate import check_folder
 from .verify import BLOCKED, MISSING, UNREADABLE, Verification, verify_file
 
@@ -136,6 +137,8 @@ class CheckpointStore:
                 if problem:
                     raise ConfigError(f"checkpoint '{spec.key}': '{name}' must be a plain relative name under the "
                                       f"checkpoint root: {value!r} ({part!r} {problem})")
+        if not spec.pinned and spec.manifest is not None:
+            read_manifest(spec)  # what an unpinned file is checked against: a broken one is a registry error
         return spec
 
     def path(self, key: str | CheckpointSpec) -> Path:
@@ -163,8 +166,9 @@ class CheckpointStore:
         shipped = bundled_registry().get(key_name)
         return shipped is not None and (not isinstance(key, CheckpointSpec) or key == shipped)
 
-    def verify(self, key: str | CheckpointSpec, *, quiet: bool = False) -> Verification:
-        """The state of one file (verified, unpinned, missing, corrupt, blocked, unreadable); reads only."""
+    def verify(self, key: str | CheckpointSpec, *, quiet: bool = False, rehash: bool = False) -> Verification:
+        """The state of one file (verified, unpinned, missing, corrupt, blocked, unreadable); reads only
+        (but for the record of a good verification). ``rehash`` hashes it whatever its record says."""
         spec = self.spec(key)
         try:
             path = self.path(spec)
@@ -172,7 +176,7 @@ class CheckpointStore:
             return Verification(BLOCKED, err.path, detail=str(err))
         except OSError as err:  # a folder on the way that cannot be looked into
             return Verification(UNREADABLE, self.root, detail=f"cannot be read: {err.strerror or err}")
-        return verify_file(spec, path, say=_Reporter(spec.file, quiet))
+        return verify_file(spec, path, use_record=not rehash, say=Reporter(spec.file, quiet))
 
     def fetch(self, key: str | CheckpointSpec, *, progress: bool = True, quiet: bool = False,
               retry: RetryPolicy | None = None, session=None, lock_timeout: float | None = None) -> Path:
@@ -182,7 +186,7 @@ class CheckpointStore:
         Raises :class:`DownloadError` saying what failed and what to do.
         """
         spec = self.spec(key)
-        say = _Reporter(spec.file, quiet)
+        say = Reporter(spec.file, quiet)
         path = self.path(spec)
         current = verify_file(spec, path, say=say)
         if current.ok:
@@ -266,10 +270,14 @@ class CheckpointStore:
 
     # -- many configs ------------------------------------------------------------------------------
 
-    def status(self, config_names: str | list[str] | None = None):
+    def status(self, config_names: str | list[str] | None = None, *, verify: bool = False):
         """Per config (default: every known config, the digits prior included), each checkpoint's
-        state, without downloading (a :class:`~ddrm_helpers.status.CheckpointStatus`)."""
-        return self._table(config_names, fetch=False)
+        state, without downloading (a :class:`CheckpointStatus`).
+
+        ``verify`` hashes every file again, believing no record of an earlier verification (what
+        ``python -m ddrm_helpers status --verify`` does).
+        """
+        return self._table(config_names, fetch=False, options=dict(rehash=verify))
 
     def ensure(self, config_names: str | list[str] | None = None, *, progress: bool = True, quiet: bool = False,
                retry: RetryPolicy | None = None):
@@ -279,8 +287,6 @@ class CheckpointStore:
         return self._table(config_names, fetch=True, options=dict(progress=progress, quiet=quiet, retry=retry))
 
     def _table(self, config_names, *, fetch: bool, options: dict | None = None):
-        from .status import CheckpointRow, CheckpointStatus, describe
-
         names = [config_names] if isinstance(config_names, str) else list(config_names or known_configs())
         configs = [load_config(name) for name in names]
         rows, seen, advice = [], {}, []
@@ -310,6 +316,7 @@ class CheckpointStore:
         except ConfigError as err:
             return None, None, err
         error = None
+        rehash = options.pop("rehash", False)
         if fetch:
             try:
                 self.fetch(spec, **options)
@@ -322,4 +329,72 @@ class CheckpointStore:
             except OSError as err:  # a folder that cannot be made, a lock that cannot be taken...
                 error = DownloadError(f"{spec.file}: {err.strerror or err}", key=spec.key)
                 print(error, flush=True)
-        return spec, self.verify(spec, quiet=options.get("quiet", False)), error
+        return spec, self.verify(spec, quiet=options.get("quiet", False), rehash=rehash), error
+
+
+# -- the conveniences of the public API: one call, a store of their arguments ---------------------------
+
+
+def fetch_checkpoint(
+    key: str | CheckpointSpec,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+    retry: RetryPolicy | None = None,
+    session=None,
+    lock_timeout: float | None = None,
+) -> Path:
+    """Return the path of the verified checkpoint ``key``, downloading it if needed.
+
+    A convenience for ``CheckpointStore(cache_dir, registry).fetch(key, ...)``: ``cache_dir`` (else
+    ``$DDRM_CHECKPOINT_DIR``, else ``exp/logs``) is the checkpoint root; the file goes to
+    ``<root>/<subdir>/<file>`` as listed in ``configs/checkpoints.yml``. ``progress`` shows a tqdm
+    bar; ``quiet`` silences the one-line reports. ``lock_timeout`` bounds the wait for another
+    process downloading the same file (None: wait).
+
+    Raises :class:`DownloadError` (an ``OSError``) naming every source tried and what it
+    answered, and what the user can do; :class:`~ddrm_helpers.errors.ChecksumError` when the
+    sources served bytes that are not the pinned file.
+    """
+    return CheckpointStore(cache_dir, registry).fetch(
+        key, progress=progress, quiet=quiet, retry=retry, session=session, lock_timeout=lock_timeout)
+
+
+def checkpoint_status(
+    config_names: str | list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
+    store: CheckpointStore | None = None,
+    verify: bool = False,
+) -> CheckpointStatus:
+    """Per config, each checkpoint: verified, unpinned (verified as far as possible), missing, corrupt,
+    blocked (a link or a folder in the way) or unreadable; reads only, never downloads.
+
+    A convenience for ``CheckpointStore(cache_dir, registry).status(config_names)`` (or ``store``'s).
+    A file is hashed at most once where a record of a good verification can be kept beside it, so
+    calling this again is cheap; ``verify=True`` hashes every file again, believing no record.
+    """
+    return CheckpointStore.of(store, cache_dir, registry).status(config_names, verify=verify)
+
+
+def ensure_checkpoints(
+    config_names: str | list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    registry: dict[str, CheckpointSpec] | str | os.PathLike | None = None,
+    store: CheckpointStore | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+    retry: RetryPolicy | None = None,
+) -> CheckpointStatus:
+    """Fetch every checkpoint the configs need, as far as possible; never raises for a failed download,
+    a folder in the way or a bad registry.
+
+    Returns the status afterwards: a problem shows in its row (``detail`` in short, ``error`` in
+    full) and a failed download's message is printed, so that "run all" goes on to the next cell.
+    """
+    return CheckpointStore.of(store, cache_dir, registry).ensure(config_names, progress=progress, quiet=quiet,
+                                                                  retry=retry)

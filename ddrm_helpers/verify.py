@@ -1,9 +1,20 @@
 """Is a checkpoint file the right one? Size, sha256, tensor manifest, and a record of the answer.
 
 Hashing 4.5 GB takes tens of seconds, so a good verification is remembered in a small record
-beside the file (``.<file>.verified.json``) holding the file's size, modification and change times
-and inode. The record is trusted only while all of these still match, so a file that was replaced,
-rewritten or truncated since is hashed again.
+beside the file (``.<file>.verified.json``) holding the file's name, size, modification and change
+times, inode and device. The record is a cache, never a proof. It spares the hash only when
+
+- every one of those still matches (a file replaced, rewritten or truncated since, even with its
+  modification time put back, is hashed again: the change time cannot be set from user space);
+- the record is a plain file of the user running us, with one link: a record another user wrote
+  (in a shared folder, anyone who can write the folder can write one that matches a substitute
+  file of the same size) is not believed;
+- the checkpoint has one link: a file with another name elsewhere can be changed through it by
+  whoever owns that name, and on the mounts where hard links appear (network, FUSE) the change
+  time is not always kept as a local disk keeps it.
+
+Whoever writes the folder as the same user could still forge a record: ``status --verify``
+(``verify_file(..., use_record=False)``) hashes every file whatever its record says.
 """
 
 from __future__ import annotations
@@ -17,11 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointMismatchError
-from .registry import CheckpointSpec, load_manifest
-from .safefs import blocked_message, is_read_only, open_read, read_small, what_is, write_new_atomically
+from .registry import CheckpointSpec, load_manifest, manifest_sizes
+from .safefs import (
+    blocked_message,
+    is_read_only,
+    open_read,
+    other_owner,
+    read_own,
+    side_name,
+    what_is,
+    write_new_atomically,
+)
+from .torch_zip import archive_problem, is_zip
 
 HASH_CHUNK = 8 << 20
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: the key holds the device, and the record must be the user's own
 
 # The states a checkpoint can be in, as shown by `checkpoint_status`.
 VERIFIED = "verified"  # present, size and pinned sha256 match
@@ -57,7 +78,8 @@ def hash_file(path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256",)
 
 
 def record_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.verified.json")
+    """``.<file>.verified.json`` beside the file (shortened with a hash where the name is long)."""
+    return path.with_name(side_name(path.name, ".", ".verified.json"))
 
 
 def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = None, say=print) -> bool:
@@ -84,7 +106,8 @@ def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = 
         folder = str(path.parent)
         if folder not in _unrecorded_folders:
             _unrecorded_folders.add(folder)
-            why = "it is read-only" if is_read_only(err) else (what_is(target) or err.strerror or str(err))
+            why = "it is read-only" if is_read_only(err) else (what_is(target) or _owner_of(target) or err.strerror
+                                                                or str(err))
             say(f"note: cannot keep a verification record in {folder} ({why}); the checkpoints there are "
                 "verified by hashing them each time they are used, which takes longer but is just as safe.")
         return False
@@ -93,8 +116,17 @@ def write_record(path: Path, sha256: str, *, pinned: bool, source: str | None = 
 _unrecorded_folders: set[str] = set()
 
 
+def _owner_of(path: Path) -> str | None:
+    try:
+        why = other_owner(os.lstat(path))
+    except OSError:
+        return None
+    return f"its record there {why}" if why else None
+
+
 def read_record(path: Path) -> dict | None:
-    data = read_small(record_path(path))
+    """The record beside ``path`` if it is a plain file of ours with one link (else None)."""
+    data = read_own(record_path(path))
     try:
         record = json.loads(data) if data is not None else None
     except ValueError:
@@ -104,23 +136,26 @@ def read_record(path: Path) -> dict | None:
 
 def _stat_key(st: os.stat_result) -> dict:
     # ctime cannot be set from user space, so an edit that restores mtime is still noticed.
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
+            "device": st.st_dev}
 
 
 def record_matches(path: Path, record: dict | None) -> bool:
-    if not record:
+    """Whether ``record`` still describes the file at ``path``, which must have one link."""
+    if not record or record.get("file") != path.name:
         return False
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    return all(record.get(k) == v for k, v in _stat_key(st).items())
+    return st.st_nlink == 1 and all(record.get(k) == v for k, v in _stat_key(st).items())
 
 
 def verify_file(spec: CheckpointSpec, path: Path, *, use_record: bool = True, say=print) -> Verification:
     """Check the file at ``path`` against ``spec``; never raises for a bad file, says why instead.
 
     A link, a folder or another special file at ``path`` is ``blocked``: it is not followed.
+    ``use_record=False`` hashes the file whatever its record says.
     """
     what = what_is(path)
     if what is not None:
@@ -166,8 +201,13 @@ def _verified_detail(spec: CheckpointSpec) -> str:
     return "no published sha256; size, server digests and tensor manifest checked"
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
+def load_state_dict(path: str | os.PathLike, *, unpinned: CheckpointSpec | None = None) -> dict:
     """``torch.load(weights_only=True)`` on the CPU, memory-mapped where the file system allows.
+
+    Before any load, a zip's directory is checked (:mod:`ddrm_helpers.torch_zip`): no record
+    compressed or encrypted, none past the file's end. ``unpinned`` is the spec of a file whose
+    bytes no hash vouches for: it must then be a zip whose records match the spec's tensor manifest,
+    and it is loaded memory-mapped only (a plain load is the one that inflates what it reads).
 
     Raises :class:`CheckpointMismatchError` for a file that is not a loadable state dict, with
     what it is instead: a file holding code or Python objects (refused by ``weights_only``) is
@@ -177,14 +217,24 @@ def load_state_dict(path: str | os.PathLike) -> dict:
 
     import torch
 
+    path = Path(path)
+    _check_archive(path, unpinned)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (RuntimeError, OSError, ValueError):
+        except (RuntimeError, OSError, ValueError) as err:
+            if unpinned is not None:
+                raise CheckpointMismatchError(
+                    f"{path} could not be memory-mapped ({_first_line(err)}); a file without a pinned hash is "
+                    "loaded no other way. If it lies on a network or FUSE mount, copy it to a local disk "
+                    "(set DDRM_CHECKPOINT_DIR to a folder there)."
+                ) from None
             # Memory-mapping fails on files written by torch < 1.6 (not zip archives) and on some
             # mounts (network, FUSE): a plain read works there. A file that is really broken fails
             # again below, with its own message.
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointMismatchError:
+        raise
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"GLOBAL ([\w.]+)", text)
@@ -235,10 +285,26 @@ def compare_to_manifest(names_shapes: dict[str, tuple[int, ...]], manifest: dict
     return "; ".join(parts)
 
 
-def check_manifest(spec: CheckpointSpec, path: Path) -> str:
-    """'' when the file loads with ``weights_only=True`` and matches the spec's tensor manifest."""
+def _check_archive(path: Path, unpinned: CheckpointSpec | None) -> None:
+    """Refuse, from its zip directory alone, a file whose load could inflate or whose records are not
+    the manifest's tensors (see :func:`load_state_dict`)."""
     try:
-        state = load_state_dict(path)
+        zipped = is_zip(path)
+        if not zipped and unpinned is None:
+            return  # a file of torch < 1.6 (not a zip), loadable only because a pinned hash vouches for it
+        problem = archive_problem(path, manifest_sizes(unpinned) if unpinned is not None else None) if zipped \
+            else "it is not a zip archive as torch.save writes (a file without a pinned hash must be one)"
+    except OSError as err:
+        problem = f"it cannot be read ({err.strerror or err})"
+    if problem:
+        raise CheckpointMismatchError(f"{path} cannot be loaded as a checkpoint: {problem}.")
+
+
+def check_manifest(spec: CheckpointSpec, path: Path) -> str:
+    """'' when the file's zip matches the spec's tensor manifest, it loads with ``weights_only=True``,
+    and its names, shapes and values are the manifest's (finite)."""
+    try:
+        state = load_state_dict(path, unpinned=spec)
     except CheckpointMismatchError as err:
         return str(err)
     import torch

@@ -17,6 +17,10 @@ Faults:
     ("endless", framing)                  200 whose body never ends (up to 64 MiB, or until the client
                                           goes): framing "close" (no Content-Length) or "chunked"
     ("drip", k, seconds, n)               the right headers, then k bytes every `seconds`, n times, then close
+    ("drip_head", seconds)                the status line and headers (padded to some 700 bytes) one byte
+                                          every `seconds`, then the body; the log's "head_done" says whether
+                                          the client waited for the last byte of the headers
+    ("drip_error", code, seconds)         that status at once, then an error page of 4 KB one byte every `seconds`
 """
 
 from __future__ import annotations
@@ -111,6 +115,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
         if kind == "endless":
             return self._endless(entry, route, fault[1])
+        if kind == "drip_head":
+            return self._drip_head(entry, route, fault[1])
+        if kind == "drip_error":
+            return self._drip_error(entry, *fault[1:])
         payload = route.payload
         start = 0
         wanted = self.headers.get("Range")
@@ -193,6 +201,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(piece)
                 self.wfile.flush()
                 entry["sent"] += len(piece)
+                time.sleep(seconds)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def _drip_head(self, entry, route: Route, seconds: float):
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: {route.content_type}\r\nContent-Length: {len(route.payload)}\r\n"
+                f"X-Padding: {'.' * 600}\r\nConnection: close\r\n\r\n").encode()
+        entry.update(status=200, head_done=False)
+        try:
+            for i in range(len(head)):
+                self.wfile.write(head[i:i + 1])
+                time.sleep(seconds)
+            entry["head_done"] = True
+            self._send(entry, route.payload, route.rate)
+        except OSError:
+            pass  # the client gave up waiting: what the test wants
+        self.close_connection = True
+
+    def _drip_error(self, entry, code: int, seconds: float):
+        entry["status"] = code
+        self.send_response(code)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", "4096")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for _ in range(4096):
+                self.wfile.write(b"x")
+                entry["sent"] += 1
                 time.sleep(seconds)
         except OSError:
             pass

@@ -120,7 +120,7 @@ def test_connection_reset_after_k_bytes_resumes_with_range(server, root, policy,
 def test_syncing_to_disk_during_the_download_keeps_the_bytes_right(server, root, policy, monkeypatch):
     synced = []
     real = os.fdatasync
-    monkeypatch.setattr("ddrm_helpers.download.SYNC_EVERY", 256 << 10)
+    monkeypatch.setattr("ddrm_helpers.part_writer.SYNC_EVERY", 256 << 10)
     monkeypatch.setattr("os.fdatasync", lambda fd: synced.append(fd) or real(fd))
     spec = spec_for(server.add("/m", PAYLOAD, faults=[("reset", 1_000_000)]))
     assert_good(fetch(spec, root, policy))
@@ -354,10 +354,10 @@ def test_a_complete_partial_is_verified_after_a_416(server, root, policy, monkey
             raise KeyboardInterrupt  # the process dies between the last byte and the rename
         real_replace(src, dst)
 
-    monkeypatch.setattr("ddrm_helpers.download.os.replace", die_before_the_rename)
+    monkeypatch.setattr("ddrm_helpers.fetch_policy.os.replace", die_before_the_rename)
     with pytest.raises(KeyboardInterrupt):
         fetch(spec_for(url), root, policy)
-    monkeypatch.setattr("ddrm_helpers.download.os.replace", real_replace)
+    monkeypatch.setattr("ddrm_helpers.fetch_policy.os.replace", real_replace)
     assert (root / "test" / "model.ckpt.part").stat().st_size == SIZE
     assert_good(fetch(spec_for(url), root, policy))
     assert [e["status"] for e in server.log] == [200, 416]
@@ -367,7 +367,7 @@ def test_not_enough_disk_space_says_how_much_is_needed(server, root, policy, mon
     import shutil
 
     real = shutil.disk_usage
-    monkeypatch.setattr("ddrm_helpers.download.shutil.disk_usage",
+    monkeypatch.setattr("ddrm_helpers.part_writer.shutil.disk_usage",
                         lambda p: real(p)._replace(free=10_000_000))
     with pytest.raises(DownloadError, match=r"needs 70\.1 MB more .* has 10\.0 MB free"):
         fetch(spec_for(server.add("/m", PAYLOAD)), root, policy)

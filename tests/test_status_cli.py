@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from ddrm_helpers import cli
+from ddrm_helpers.part_writer import PartFile
 from ddrm_helpers.registry import load_registry
-from ddrm_helpers.status import checkpoint_status, ensure_checkpoints
+from ddrm_helpers.store import checkpoint_status, ensure_checkpoints
 
 from .conftest import REPO
 from .tiny_files import pinned_entry, random_bytes, state_dict_bytes, unpinned_entry, write_manifest, write_registry
@@ -88,8 +89,10 @@ def test_corrupt_and_partial_files_are_told_apart(small):
     path.write_bytes(b"\0" * len(payloads["celeba_hq"]))
     (root / "imagenet").mkdir(parents=True, exist_ok=True)
     (root / "imagenet" / "256x256_diffusion_uncond.pt.part").write_bytes(b"x" * 1000)
-    (root / "imagenet" / "256x256_diffusion.pt.part").write_bytes(b"x" * 2000)
-    (root / "imagenet" / ".256x256_diffusion.pt.part.json").write_text("{}")
+    # A partial download this store made (its .part and record written by the writer itself)
+    cond_spec = load_registry()["imagenet_256_cond"]
+    with PartFile(cond_spec, root / "imagenet" / "256x256_diffusion.pt", print).open(0) as out:
+        out.write(b"x" * 2000)
     status = checkpoint_status(["celeba_hq", "imagenet_256", "imagenet_256_cc"])
     celeba, uncond, cond, _ = status.rows
     assert celeba.state == "corrupt" and celeba.detail.startswith("sha256 mismatch: expected")

@@ -217,16 +217,16 @@ def test_two_entries_for_one_file_are_refused(tmp_path):
 @pytest.fixture
 def disk_sizes(monkeypatch):
     """Every size ``.part`` reaches on disk, read from the file system after each write."""
-    import ddrm_helpers.download as download
+    import ddrm_helpers.part_writer as part_writer
 
     sizes = []
-    real = download._write
+    real = part_writer.write_all
 
     def write(out, chunk):
         real(out, chunk)
         sizes.append(os.fstat(out.fileno()).st_size)
 
-    monkeypatch.setattr(download, "_write", write)
+    monkeypatch.setattr(part_writer, "write_all", write)
     return sizes
 
 
@@ -408,17 +408,17 @@ def _assert_full_disk_message(err: DownloadError):
 
 
 def test_a_full_disk_stops_at_once_keeps_the_part_and_resumes_later(server, root, policy, monkeypatch):
-    import ddrm_helpers.download as download
+    import ddrm_helpers.part_writer as part_writer
 
-    real_create = download.create_new
-    monkeypatch.setattr(download, "create_new", lambda path: _FullAfter(real_create(path), 1_000_000))
+    real_create = part_writer.create_new
+    monkeypatch.setattr(part_writer, "create_new", lambda path: _FullAfter(real_create(path), 1_000_000))
     url = server.add("/m", PAYLOAD)
     with pytest.raises(DownloadError) as info:
         fetch(spec_for(url), root, policy)
     _assert_full_disk_message(info.value)
     assert len(server.log) == 1  # not retried like a network fault
     assert (root / "test" / "model.ckpt.part").stat().st_size == 1_000_000
-    monkeypatch.setattr(download, "create_new", real_create)
+    monkeypatch.setattr(part_writer, "create_new", real_create)
     path = fetch(spec_for(url), root, policy)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256
     assert server.log[1]["range"] == "bytes=1000000-"
@@ -434,7 +434,7 @@ def test_a_full_tmpfs_stops_at_once_and_resumes_once_there_is_room(server, tmp_p
         # A file system that misreports its free space (network mounts do) gets past the check before
         # the download; the write itself then meets ENOSPC.
         real_usage = __import__("shutil").disk_usage
-        monkeypatch.setattr("ddrm_helpers.download.shutil.disk_usage",
+        monkeypatch.setattr("ddrm_helpers.part_writer.shutil.disk_usage",
                             lambda p: real_usage(p)._replace(free=1 << 40))
         url = server.add("/m", PAYLOAD)
         with pytest.raises(DownloadError) as info:

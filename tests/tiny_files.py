@@ -46,3 +46,17 @@ def pinned_entry(file: str, subdir: str, payload: bytes, urls: list[str]) -> dic
 def unpinned_entry(file: str, subdir: str, payload: bytes, urls: list[str], manifest: Path) -> dict:
     return {"file": file, "subdir": subdir, "size_min": len(payload) - 4096, "size_max": len(payload) + 4096,
             "sha256": None, "manifest": str(manifest), "urls": urls}
+
+
+def rewritten_zip(payload: bytes, change) -> bytes:
+    """The records of the ``torch.save`` zip ``payload`` written again into a new zip, each through
+    ``change(name, data) -> [(name, data, compress_type), ...]`` (an empty list drops the record)."""
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(payload))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            for name, data, compress_type in change(info.filename, source.read(info.filename)):
+                target.writestr(zipfile.ZipInfo(name), data, compress_type=compress_type)
+    return out.getvalue()

@@ -1,7 +1,7 @@
 """``load_pretrained``: the networks of a config with their verified official weights.
 
 Each checkpoint of the config (``config.checkpoints``: ``model``, and ``classifier`` for
-``imagenet_256_cc``) is made available by :func:`~ddrm_helpers.download.fetch_checkpoint` (a
+``imagenet_256_cc``) is made available by :func:`~ddrm_helpers.store.fetch_checkpoint` (a
 verified file, downloaded if needed), read with ``torch.load(weights_only=True)`` (data, never
 code), memory-mapped where the file format allows, and assigned into a network built on the
 ``meta`` device: the weights are never held twice in host memory. A file that is not the
@@ -81,6 +81,9 @@ def load_pretrained(
     :class:`~ddrm_helpers.store.CheckpointStore` has verified (``store.paths(config)``); without
     it, the files are asked of ``store`` (default: a store of ``cache_dir``, the checkpoint root,
     and ``registry``, a registry or the path of a registry file), which downloads what is missing.
+    Give ``store`` with ``paths`` too: a file its registry does not pin (the classifier) is then
+    checked against its tensor manifest again as it is loaded, so that a file swapped since its
+    verification is refused before any ``torch.load`` (docs/security.md).
     ``device`` defaults to CUDA when available, else the CPU.
 
     On CUDA, a network whose config asks for it (``model.use_fp16``,
@@ -108,7 +111,8 @@ def load_pretrained(
     if paths is None:
         from ..store import CheckpointStore
 
-        paths = CheckpointStore.of(store, cache_dir, registry).paths(config)
+        store = CheckpointStore.of(store, cache_dir, registry)
+        paths = store.paths(config)
     missing = set(roles) - set(paths)
     if missing:
         raise ConfigError(f"config {config.get('name')}: no file given for {', '.join(sorted(missing))}")
@@ -122,7 +126,7 @@ def load_pretrained(
     )
     if cache_key not in _cache:
         networks = {
-            role: _load_network(config, role, roles[role], path, device, dtypes[role])
+            role: _load_network(config, role, roles[role], path, device, dtypes[role], _unpinned(store, roles[role]))
             for role, path in paths.items()
         }
         _cache[cache_key] = Pretrained(networks["model"], networks.get("classifier"))
@@ -168,12 +172,22 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
+def _unpinned(store, key: str) -> CheckpointSpec | None:
+    """The spec of ``key`` when no hash vouches for its file (it is then checked against its manifest
+    as it is loaded); None when it is pinned, or when no store says."""
+    if store is None:
+        return None
+    spec = store.spec(key)
+    return None if spec.pinned else spec
+
+
 def _load_network(
-    config: Config, role: str, key: str, path: Path, device: torch.device, torso_dtype: torch.dtype | None
+    config: Config, role: str, key: str, path: Path, device: torch.device, torso_dtype: torch.dtype | None,
+    unpinned: CheckpointSpec | None = None,
 ) -> nn.Module:
     where = f"config {config.get('name')}, {role} checkpoint '{key}'"
     try:
-        state = load_state_dict(path)
+        state = load_state_dict(path, unpinned=unpinned)
     except CheckpointMismatchError as err:
         raise CheckpointMismatchError(f"{where}: {err}") from err
     with torch.device("meta"):
