@@ -63,3 +63,7 @@ class ArgumentError(ValueError):
     """An argument that cannot work here, found before anything is downloaded or loaded: a device
     PyTorch cannot use on this machine, an output folder that is a file or cannot be written, a
     seed or a count out of range, ... (see :mod:`ddrm_helpers.validate`)."""
+
+
+class RunCancelled(RuntimeError):
+    """A restoration stopped on purpose (the app's Cancel button), raised from the sampler's callback."""
