@@ -367,3 +367,57 @@ def test_importing_the_app_package_needs_no_gradio():
 
     code = "import sys, ddrm_helpers.app; assert 'gradio' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--port", "70000"], "error: --port is a TCP port, 1 to 65535; got 70000"),
+    (["--concurrency", "0"], "error: --concurrency is restorations at once on the device, 1 or more; got 0"),
+    (["--device", "tpu"], "error: --device"),
+])
+def test_the_app_command_refuses_bad_arguments_in_one_line(argv, said, capsys):
+    from ddrm_helpers.cli import main
+
+    assert main(["app", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1
+
+
+def test_the_app_command_says_so_when_its_port_is_taken(app, capsys):
+    from ddrm_helpers.cli import main
+
+    assert main(["app", "--port", str(app.server_port)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: cannot serve on 127.0.0.1:{app.server_port}: Cannot find empty port in range: "
+                   f"{app.server_port}-{app.server_port}; give another --port\n")
+
+
+@pytest.mark.subprocess
+def test_python_m_ddrm_helpers_app_serves_the_page_on_127_0_0_1(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port that is free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    command = [sys.executable, "-m", "ddrm_helpers", "app", "--port", str(port), "--dir", str(tmp_path / "ckpt")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        for _ in range(200):  # the server says where it is once it answers (or the process ends)
+            line = process.stdout.readline()
+            if not line or "Running on" in line:
+                break
+        assert f"http://127.0.0.1:{port}" in line, line
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=WAIT)
+        assert page.status_code == 200 and "<title>DDRM: restore a photo</title>" in page.text
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=WAIT)
+    assert process.returncode in (0, -signal.SIGINT, 130)
