@@ -147,7 +147,7 @@ def test_degrade_this_clean_photo_restores_as_run_config_does(client, files, tas
                           store=digits_prior()[1], device="cpu", save=False, progress=False)
     assert (pixels(restored) == to_uint8(expected.restored[0])).all()
     assert (pixels(degraded) == to_uint8(expected.degraded[0])).all()
-    assert gallery == []  # one sample: no mean, no spread
+    assert not gallery  # one sample: no mean, no spread
     m = expected.metrics[0]
     assert f"| degraded | {m['psnr_degraded']:.2f} | {m['ssim_degraded']:.3f} |" in report
     assert f"| restored | {m['psnr_restored']:.2f} | {m['ssim_restored']:.3f} |" in report

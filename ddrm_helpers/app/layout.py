@@ -37,6 +37,11 @@ from .choices import (
 from .restoration import MAX_PIXELS, read_request, run_request
 
 MAX_FILE_SIZE = "25mb"  # the largest upload Gradio accepts (serve(max_file_size=...))
+# The system's fonts, not a font service's: the page works offline and asks no third party for anything.
+FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+# Small results (an 8x8 digit, a 64x64 face) are shown enlarged: as pixels, not blurred.
+CSS = ("#restored img, #degraded img { width: 100%; height: 100%; object-fit: contain; }\n"
+       "#restored img, #degraded img, #gallery img { image-rendering: pixelated; }")
 INTRO = """\
 # DDRM: restore a photo
 Upload a photo (or use the webcam, or paste one), choose what happened to it and a config, then press
@@ -87,6 +92,7 @@ def build_app(*, store=None, device=None, concurrency: int = 1, max_pixels: int 
     concurrency = validate.check_count(concurrency, "concurrency", "restorations at once on the device, 1 or more")
     first = config or digits_prior()[0]
     defaults = load_config(first)
+    uploads = gr.utils.get_upload_folder()  # where this server keeps what is uploaded to it: all it reads
 
     with gr.Blocks(title="DDRM: restore a photo", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(INTRO)
@@ -124,11 +130,11 @@ def build_app(*, store=None, device=None, concurrency: int = 1, max_pixels: int 
                 said = gr.Markdown(elem_id="said")
         with gr.Row():
             restored = gr.Image(label="Restored", format="png", interactive=False, buttons=["download", "fullscreen"],
-                                elem_id="restored")
+                                height=320, elem_id="restored")
             degraded = gr.Image(label="Degraded: the measurement DDRM was given", format="png", interactive=False,
-                                buttons=["download"], elem_id="degraded")
-        gallery = gr.Gallery(label="Samples, their mean and their spread (with 2 samples or more)", format="png",
-                             columns=6, height="auto", elem_id="gallery")
+                                buttons=["download"], height=320, elem_id="degraded")
+        gallery = gr.Gallery(label="Samples, their mean and their spread", format="png", columns=6, height=220,
+                             visible=False, elem_id="gallery")
         result_report = gr.Markdown(elem_id="report")
         gr.Examples(_examples(), inputs=[photo, config_menu, task, mode], label="Examples (the shipped demo images)")
 
@@ -148,19 +154,21 @@ def build_app(*, store=None, device=None, concurrency: int = 1, max_pixels: int 
         light = dict(concurrency_limit=None, show_progress="hidden")
         config_menu.change(choose_config, config_menu, [task, sigma_y, steps, guidance, ready],
                            api_name="choose_config", **light)
-        photo.upload(_describe_photo, photo, photo_info, api_name="describe_photo", **light)
+        gr.on([photo.upload, photo.input], lambda value: _describe_photo(value, uploads), photo, photo_info,
+              api_name="describe_photo", **light)
 
         async def restore_photo(mode, config, task, sigma_y, steps, samples, seed, scale, label, photo, mask,
                                 progress=gr.Progress()):
             try:
                 request = read_request(mode=mode, config=config, task=task, sigma_y=sigma_y, steps=steps,
                                        samples=samples, seed=seed, classifier_scale=scale, class_choice=label,
-                                       photo=photo, mask_file=mask, upload_root=gr.utils.get_upload_folder(),
+                                       photo=photo, mask_file=mask, upload_root=uploads,
                                        max_pixels=max_pixels)
             except (ValueError, ConfigError) as err:
                 raise gr.Error(_one_line(err), print_exception=False) from None
             outcome = await _run_cancellably(request, store, device, progress)
-            return outcome.restored, outcome.gallery, outcome.degraded, outcome.report, ""
+            return (outcome.restored, gr.update(value=outcome.gallery, visible=bool(outcome.gallery)), outcome.degraded,
+                    outcome.report, "")
 
         running = restore.click(
             restore_photo, [mode, config_menu, task, sigma_y, steps, samples, seed, scale, label, photo, mask],
@@ -190,7 +198,8 @@ def serve(app: gr.Blocks | None = None, *, host: str = "127.0.0.1", port: int | 
     """
     app = app if app is not None else build_app(**options)
     app.launch(server_name=host, server_port=port, share=share, inline=inline, prevent_thread_lock=not block,
-               max_file_size=max_file_size, show_error=True, quiet=not block, footer_links=["api", "settings"])
+               max_file_size=max_file_size, show_error=True, quiet=not block, footer_links=["api", "settings"],
+               theme=gr.themes.Default(**FONTS), css=CSS)
     return app
 
 
@@ -230,18 +239,19 @@ def _downloader(name: str, store):
     return download
 
 
-def _describe_photo(photo) -> str:
-    """A line under the editor once a photo is in: its size, and what to do next."""
-    from .restoration import _image_size
+def _describe_photo(photo, uploads) -> str:
+    """The line under the editor: the photo's size, and how many pixels the brush marked missing."""
+    from .restoration import painted_pixels
 
-    background = (photo or {}).get("background") if isinstance(photo, dict) else None
-    if not background:
-        return ""
     try:
-        width, height = _image_size(background, "the photo")
+        width, height, painted = painted_pixels(photo, uploads)
     except ValueError as err:
         return _one_line(err)
-    return f"Photo: {width}x{height}. For inpainting ({MASK_TASK}), paint the missing pixels with the brush."
+    if width is None:
+        return ""
+    if not painted:
+        return f"Photo: {width}x{height}. For inpainting ({MASK_TASK}), paint the missing pixels with the brush."
+    return f"Photo: {width}x{height}; {painted} pixels painted: missing for inpainting ({MASK_TASK})."
 
 
 def _examples() -> list[list]:

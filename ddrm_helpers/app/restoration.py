@@ -204,6 +204,16 @@ def report(result, request: Request) -> str:
     return "\n".join(lines)
 
 
+def painted_pixels(photo, upload_root) -> tuple[int | None, int | None, int]:
+    """The editor's photo's width and height (None without a photo) and how many pixels are painted."""
+    background = (photo or {}).get("background") if isinstance(photo, dict) else None
+    if background is None:
+        return None, None, 0
+    width, height = _image_size(uploaded_file(background, upload_root, "the photo"), "the photo")
+    painted = _painted(photo.get("layers") or [], (height, width), upload_root)
+    return width, height, 0 if painted is None else int(painted.sum())
+
+
 def _image_size(path: Path, what: str) -> tuple[int, int]:
     """Width and height from the file's header (nothing is decoded)."""
     try:
