@@ -25,7 +25,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
 
 from ddrm_helpers.app import build_app, layout, serve  # noqa: E402
-from ddrm_helpers.app.choices import GUESS, config_choices, digits_prior  # noqa: E402
+from ddrm_helpers.app.choices import GUESS, config_choices  # noqa: E402
+from ddrm_helpers.config import DIGITS_CONFIG  # noqa: E402
 from ddrm_helpers.errors import RunCancelled  # noqa: E402
 from ddrm_helpers.images import to_uint8  # noqa: E402
 from ddrm_helpers.restore import degraded_photo, restore_photo  # noqa: E402
@@ -38,7 +39,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
-DIGITS = digits_prior()[0]
+DIGITS = DIGITS_CONFIG
 STEPS = 8  # few steps: the point is the wiring; the prior's quality is tests/test_learned_prior.py's
 MAX_PIXELS = 48 * 48  # what this test's app takes at most, so that "too large" needs no large file
 WAIT = 120  # seconds: only a guard against a hang, never a budget that a slow machine could miss
@@ -126,7 +127,7 @@ def test_my_photo_is_degraded_restores_as_restore_photo_does(client, files, task
                                                  sigma_y=sigma_y, samples=2, seed=5)
     expected = restore_photo(DIGITS, files / photo, task, sigma_y="estimate" if sigma_y == "estimate" else 0.0,
                              steps=STEPS, seed=5, num_samples=2, mask=kept_of(layers[0]) if inpainting else None,
-                             store=digits_prior()[1], device="cpu", save=False, progress=False)
+                             device="cpu", save=False, progress=False)
     assert (pixels(restored) == to_uint8(expected.restored[0])).all()
     assert (pixels(degraded) == to_uint8(expected.degraded[0])).all()
     assert [item["caption"] for item in gallery][:3] == ["sample 1", "sample 2", "mean of 2"]
@@ -144,7 +145,7 @@ def test_degrade_this_clean_photo_restores_as_run_config_does(client, files, tas
                                                  sigma_y=sigma_y, seed=7)
     expected = run_config(DIGITS, images=[files / "digit2.png"], task=task, sigma_y=float(sigma_y), steps=STEPS,
                           seed=7, degradation_params={"mask": kept_of(layers[0])} if inpainting else None,
-                          store=digits_prior()[1], device="cpu", save=False, progress=False)
+                          device="cpu", save=False, progress=False)
     assert (pixels(restored) == to_uint8(expected.restored[0])).all()
     assert (pixels(degraded) == to_uint8(expected.degraded[0])).all()
     assert not gallery  # one sample: no mean, no spread
@@ -161,7 +162,7 @@ def test_an_uploaded_mask_and_the_painted_pixels_are_missing_together(client, fi
                        mask=tmp_path / "mask.png")
     kept = kept_of(files / "layer.png") & (half > 0)
     expected = restore_photo(DIGITS, files / "digit3.png", "inp_mask", sigma_y=0.0, steps=STEPS, mask=kept,
-                             store=digits_prior()[1], device="cpu", save=False, progress=False)
+                             device="cpu", save=False, progress=False)
     assert (pixels(restored) == to_uint8(expected.restored[0])).all()
 
 
@@ -212,7 +213,7 @@ def test_two_clients_at_once_get_their_own_results_and_the_second_sees_its_place
     kept = kept_of(files / "layer.png")
     for got, digit, seed in ((got_a, "digit0.png", 1), (got_b, "digit1.png", 2)):
         expected = restore_photo(DIGITS, files / digit, "inp_mask", sigma_y=0.0, steps=STEPS, seed=seed, mask=kept,
-                                 store=digits_prior()[1], device="cpu", save=False, progress=False)
+                                 device="cpu", save=False, progress=False)
         assert (pixels(got[0]) == to_uint8(expected.restored[0])).all()
     assert not (pixels(got_a[0]) == pixels(got_b[0])).all()
 
@@ -254,7 +255,7 @@ def test_a_cancelled_run_stops_its_sampler_and_the_app_goes_on(app, client, file
     status_of(job, (Status.CANCELLED,))
     assert steps == [0, 1, 2] and stopped == [2]  # the sampler stopped at the step it was on
     restored, *_ = ask(client, "photo", "deno", files / "noisy.png")
-    expected = restore_photo(DIGITS, files / "noisy.png", "deno", sigma_y=0.0, steps=STEPS, store=digits_prior()[1],
+    expected = restore_photo(DIGITS, files / "noisy.png", "deno", sigma_y=0.0, steps=STEPS,
                              device="cpu", save=False, progress=False)
     assert (pixels(restored) == to_uint8(expected.restored[0])).all()
 
@@ -416,7 +417,8 @@ def test_python_m_ddrm_helpers_app_serves_the_page_on_127_0_0_1(tmp_path):
                 break
         assert f"http://127.0.0.1:{port}" in line, line
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=WAIT)
-        assert page.status_code == 200 and "<title>DDRM: restore a photo</title>" in page.text
+        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=WAIT).json()  # what the page is built from
+        assert page.status_code == 200 and config["title"] == "DDRM: restore a photo"
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=WAIT)

@@ -10,24 +10,20 @@ from __future__ import annotations
 from ..config import load_config
 from ..download import format_size
 from ..errors import DownloadError
-from .choices import config_choices, store_for
+from .choices import config_choices
 
 HEADERS = ["config", "file", "state", "size", "detail"]
 
 
 def status_rows(store) -> list[list[str]]:
     """One row per checkpoint of every config the app offers: the store's own status table."""
-    rows = []
-    for _, name in config_choices():
-        for row in store_for(name, store).status([name]).rows:
-            rows.append([row.display, row.file, row.state, "?" if row.size is None else format_size(row.size),
-                         row.detail])
-    return rows
+    return [[row.display, row.file, row.state, "?" if row.size is None else format_size(row.size), row.detail]
+            for row in store.status([name for _, name in config_choices()]).rows]
 
 
 def readiness(config: str, store) -> str:
     """One line: whether ``config`` can run now, and if not, which file is missing and what to do."""
-    status = store_for(config, store).status([config])
+    status = store.status([config])
     display = load_config(config).display
     problems = status.problems(config)
     if not problems:
@@ -40,12 +36,11 @@ def download(config: str, store, *, progress: bool = True) -> str:
     """Fetch every checkpoint of ``config`` (a progress bar per file when ``progress``), and say how
     it went: ready, or the store's own message for each file that failed (every source tried, what
     each answered, what to do)."""
-    own = store_for(config, store)
     loaded = load_config(config)
     failures = []
     for key in loaded.checkpoints.values():
         try:
-            own.fetch(key, progress=progress, quiet=True)
+            store.fetch(key, progress=progress, quiet=True)
         except DownloadError as err:
             failures.append(str(err))
         except OSError as err:  # a folder that cannot be made, a lock that cannot be taken...

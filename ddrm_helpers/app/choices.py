@@ -1,5 +1,5 @@
 """What the app offers in its menus: the configs (the three product ones and the shipped digits
-prior), the tasks, the two modes and the ImageNet classes, and the store each config's files are in.
+prior), the tasks, the two modes and the ImageNet classes.
 
 No Gradio here: the menus are plain lists of ``(label, value)`` pairs, so that the handlers and
 their tests need nothing but this package.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..config import available_configs, load_config
+from ..config import known_configs, load_config
 from ..degradations import available_degradations
 
 PHOTO_MODE = "photo"
@@ -26,27 +26,9 @@ GUESS = "the classifier's guess"
 _CLASS_VALUE = re.compile(r"\((\d+)\)$")
 
 
-def digits_prior():
-    """The digits prior's config and the store of its shipped file.
-
-    The one place that changes when the prior becomes the config ``"digits"`` of the default store:
-    then this returns ``(DIGITS_CONFIG, None)``.
-    """
-    from ..selftest import PRIOR_CONFIG, prior_store
-
-    return str(PRIOR_CONFIG), prior_store()
-
-
 def config_choices() -> list[tuple[str, str]]:
-    """``(display name, config)`` for the three product configs, then the digits prior."""
-    names = [*available_configs(), digits_prior()[0]]
-    return [(load_config(name).display, name) for name in names]
-
-
-def store_for(config: str, store):
-    """The store that holds ``config``'s checkpoints: the app's, or the digits prior's own."""
-    name, own = digits_prior()
-    return own if config == name and own is not None else store
+    """``(display name, config)`` for the three product configs, then the shipped digits prior."""
+    return [(load_config(name).display, name) for name in known_configs()]
 
 
 def task_choices() -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ import threading
 import gradio as gr
 from PIL import Image
 
-from ..config import available_configs, load_config
+from ..config import DIGITS_CONFIG, available_configs, load_config
 from ..errors import ConfigError, RunCancelled
 from . import checkpoints
 from .choices import (
@@ -30,7 +30,6 @@ from .choices import (
     PHOTO_MODE,
     class_choices,
     config_choices,
-    digits_prior,
     is_conditional,
     task_choices,
 )
@@ -76,8 +75,8 @@ def build_app(*, store=None, device=None, concurrency: int = 1, max_pixels: int 
               config: str | None = None, queue_size: int | None = 64) -> gr.Blocks:
     """The app as ``gr.Blocks``, queued, not launched (see :func:`serve`).
 
-    ``store``: the :class:`~ddrm_helpers.store.CheckpointStore` of the product configs (default:
-    ``exp/logs`` or ``$DDRM_CHECKPOINT_DIR``); the digits prior always uses its shipped file.
+    ``store``: the :class:`~ddrm_helpers.store.CheckpointStore` (default: ``exp/logs`` or
+    ``$DDRM_CHECKPOINT_DIR``; every store finds the digits prior's file, which ships with the package).
     ``device``: where restorations run (default: CUDA when visible). ``concurrency``: restorations
     at once on that device (queued beyond). ``max_pixels``: the largest photo taken. ``config``:
     the config selected at first (default: the digits prior, which needs no download).
@@ -90,7 +89,7 @@ def build_app(*, store=None, device=None, concurrency: int = 1, max_pixels: int 
     store = store if store is not None else CheckpointStore()
     device = validate.check_device(device) or default_device()
     concurrency = validate.check_count(concurrency, "concurrency", "restorations at once on the device, 1 or more")
-    first = config or digits_prior()[0]
+    first = config or DIGITS_CONFIG
     defaults = load_config(first)
     uploads = gr.utils.get_upload_folder()  # where this server keeps what is uploaded to it: all it reads
 
@@ -133,8 +132,8 @@ def build_app(*, store=None, device=None, concurrency: int = 1, max_pixels: int 
                                 height=320, elem_id="restored")
             degraded = gr.Image(label="Degraded: the measurement DDRM was given", format="png", interactive=False,
                                 buttons=["download"], height=320, elem_id="degraded")
-        gallery = gr.Gallery(label="Samples, their mean and their spread", format="png", columns=6, height=220,
-                             visible=False, elem_id="gallery")
+        gallery = gr.Gallery(label="Samples, their mean and their spread (with 2 samples or more)", format="png",
+                             columns=6, height=200, elem_id="gallery")
         result_report = gr.Markdown(elem_id="report")
         gr.Examples(_examples(), inputs=[photo, config_menu, task, mode], label="Examples (the shipped demo images)")
 
@@ -167,8 +166,7 @@ def build_app(*, store=None, device=None, concurrency: int = 1, max_pixels: int 
             except (ValueError, ConfigError) as err:
                 raise gr.Error(_one_line(err), print_exception=False) from None
             outcome = await _run_cancellably(request, store, device, progress)
-            return (outcome.restored, gr.update(value=outcome.gallery, visible=bool(outcome.gallery)), outcome.degraded,
-                    outcome.report, "")
+            return outcome.restored, outcome.gallery, outcome.degraded, outcome.report, ""
 
         running = restore.click(
             restore_photo, [mode, config_menu, task, sigma_y, steps, samples, seed, scale, label, photo, mask],

@@ -30,7 +30,7 @@ from ..errors import ArgumentError, DegradationError, ImageError
 from ..images import to_pil
 from ..results import Skipped
 from ..store import CheckpointsUnavailable
-from .choices import CLEAN_MODE, MASK_TASK, MODES, class_from_choice, is_conditional, store_for
+from .choices import CLEAN_MODE, MASK_TASK, MODES, class_from_choice, is_conditional
 
 # How the photo is fitted to the network (restore_photo's and run_config's ``fit``). "crop" restores
 # the model's size; switch to "full" (the photo at its own size) once the engine tiles any size.
@@ -148,7 +148,7 @@ def run_request(request: Request, *, store=None, device=None, on_step=None) -> O
 
     common = dict(steps=request.steps, seed=request.seed, num_samples=request.samples,
                   classes=request.label, classifier_scale=request.classifier_scale,
-                  store=store_for(request.config, store), device=device, save=False, download=False,
+                  store=store, device=device, save=False, download=False,
                   progress=False, callback=step)
     if on_step is not None:
         on_step(0, total)
