@@ -33,7 +33,7 @@ from .choices import (
     is_conditional,
     task_choices,
 )
-from .restoration import MAX_PIXELS, read_request, run_request
+from .restoration import MAX_PIXELS, painted_pixels, read_request, run_request
 
 MAX_FILE_SIZE = "25mb"  # the largest upload Gradio accepts (serve(max_file_size=...))
 # The system's fonts, not a font service's: the page works offline and asks no third party for anything.
@@ -239,8 +239,6 @@ def _downloader(name: str, store):
 
 def _describe_photo(photo, uploads) -> str:
     """The line under the editor: the photo's size, and how many pixels the brush marked missing."""
-    from .restoration import painted_pixels
-
     try:
         width, height, painted = painted_pixels(photo, uploads)
     except ValueError as err:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,6 @@ class Outcome:
     gallery: list[tuple[Image.Image, str]]
     degraded: Image.Image
     report: str
-    result: object = field(repr=False, default=None)
 
 
 def uploaded_file(path, upload_root, what: str) -> Path:
@@ -175,7 +174,7 @@ def outcome_of(result, request: Request) -> Outcome:
         gallery.append((to_pil(result.mean[0]), f"mean of {result.num_samples}"))
         top = float(result.spread[0].max())
         gallery.append((to_pil(spread_picture(result.spread[0])), f"spread (white = {top:.3f})"))
-    return Outcome(to_pil(result.restored[0]), gallery, to_pil(result.degraded[0]), report(result, request), result)
+    return Outcome(to_pil(result.restored[0]), gallery, to_pil(result.degraded[0]), report(result, request))
 
 
 def report(result, request: Request) -> str:
