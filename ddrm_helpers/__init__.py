@@ -40,7 +40,8 @@ Modules, one idea each:
 - ``noise``        ``estimate_noise``: a photo's noise level from the photo alone
 - ``display``      ``show_results`` / ``show_grid``: the inline figures
 - ``progress``     the restoration as it happens: ``collect_frames``, ``show_progress``, ``animate_progress``
-- ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
+- ``notebook``     the notebook's uploads, side-by-side comparison and summary
+- ``app``          the restoration app (Gradio, optional): ``build_app``, ``serve``; ``python -m ddrm_helpers app``
 - ``selftest``     does DDRM really restore here? A small trained digits prior, offline, in seconds
 - ``validate``     the checks of every argument, made before anything is downloaded or loaded
 - ``cli``          ``python -m ddrm_helpers ...``

@@ -12,6 +12,8 @@
                                     [--tile-overlap PX]
                                     [--steps N] [--seed K] [--reference PATH] [--classes C]
                                     [--out DIR] [--dir DIR] [--device DEV]
+    python -m ddrm_helpers app      [--host ADDR] [--port N] [--share] [--concurrency N]
+                                    [--max-file-size SIZE] [--dir DIR] [--device DEV]
     python -m ddrm_helpers eval     --config NAME --data PATH [--root DIR] [--task TASK] [--sigma-y S]
                                     [--steps N] [--seed K] [--limit N] [--inception-weights FILE | --no-kid]
                                     --out DIR [--dir DIR] [--device DEV]
@@ -28,6 +30,7 @@ line says FAILED); so do ``demo`` and ``restore``. ``restore`` restores your own
 it exits 1 when the config cannot run. ``eval`` evaluates a config on a data set, resumably, and
 under ``torchrun`` on several GPUs (docs/evaluation.md); it exits 1 when the config cannot run, a
 restoration is not finite, an image could not be read (its record says why) or the disk filled up.
+``app`` serves the restoration app (docs/app.md) on 127.0.0.1 until interrupted.
 
 Every command exits 2 on bad input, with one line ``error: ...`` and no traceback, before anything
 is downloaded or loaded: an argument out of range (``--steps`` outside 1 to the diffusion's
@@ -46,7 +49,7 @@ import os
 import sys
 
 from .config import available_configs, known_configs
-from .errors import ConfigError
+from .errors import ArgumentError, ConfigError
 from .paths import CHECKPOINT_DIR_ENV
 
 
@@ -159,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", help="cuda, cpu, ... (default: cuda, one GPU per process, when available)")
     evaluation.set_defaults(handler=_eval)
 
+    app = commands.add_parser("app", help="serve the restoration app in a browser (Gradio; requirements-app.txt): "
+                              "upload a photo, draw a mask, restore")
+    app.add_argument("--host", default="127.0.0.1",
+                     help="the address to serve on (default 127.0.0.1, this machine only; 0.0.0.0 serves your network)")
+    app.add_argument("--port", type=int, help="the port (default: the first free one from 7860)")
+    app.add_argument("--share", action="store_true",
+                     help="also a public link, through Gradio's share servers (only when asked)")
+    app.add_argument("--concurrency", type=int, default=1, metavar="N",
+                     help="restorations at once on the device; the others wait in the queue (default 1)")
+    app.add_argument("--max-file-size", default="25mb", metavar="SIZE", help="the largest upload (default 25mb)")
+    app.add_argument("--dir", metavar="DIR", help=f"checkpoint folder (default: ${CHECKPOINT_DIR_ENV}, else exp/logs)")
+    app.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    app.set_defaults(handler=_app)
+
     # Its own options (--device, --figure, --digits, --samples; --help) are read by ddrm_helpers.selftest
     check = commands.add_parser("selftest", add_help=False,
                                 help="does DDRM really restore here? A small digits prior that ships with the "
@@ -240,6 +257,20 @@ def _restore(args) -> int:
     return 0 if _ran_well(result) else 1
 
 
+def _app(args) -> int:
+    """Serve the app until interrupted; a port that cannot be had is an error line (exit 2)."""
+    from .app import serve
+
+    try:
+        serve(host=args.host, port=args.port, share=args.share, inline=False, max_file_size=args.max_file_size,
+              store=_store(args), device=args.device, concurrency=args.concurrency)
+    except OSError as err:
+        said = str(err).split(". ")[0]  # Gradio's advice after it is about launch()'s own arguments
+        raise ArgumentError(f"cannot serve on {args.host}:{args.port or 'a port from 7860'}: {said}; "
+                            "give another --port") from None
+    return 0
+
+
 def _selftest(args) -> int:
     from .selftest import main as selftest_main
 
@@ -273,6 +304,8 @@ def check_arguments(args) -> None:
 
     if getattr(args, "dir", None) is not None:
         validate.check_folder(args.dir, "--dir")
+    if args.command == "app":
+        _check_app_arguments(args)
     if args.command not in ("demo", "run", "restore", "eval"):
         return
     from .config import load_config
@@ -306,6 +339,23 @@ def check_arguments(args) -> None:
                          out_dir=args.out, save=True, tile_overlap=getattr(args, "tile_overlap", None))
         if args.command == "run":
             _check_run_inputs(args, config)
+
+
+def _check_app_arguments(args) -> None:
+    """``app``: the port, the concurrency, the device, and Gradio itself, before anything is served."""
+    from . import validate
+    from .app import GRADIO_MINIMUM, gradio_version
+
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ArgumentError(f"--port is a TCP port, 1 to 65535; got {args.port}")
+    validate.check_count(args.concurrency, "--concurrency", "restorations at once on the device, 1 or more")
+    if args.device is not None:
+        validate.check_device(args.device, "--device")
+    version = gradio_version()
+    if version is None or version < GRADIO_MINIMUM:
+        found = "is not installed" if version is None else f"is {'.'.join(map(str, version))}"
+        raise ArgumentError(f"the app needs Gradio {'.'.join(map(str, GRADIO_MINIMUM))} or later, which {found}: "
+                            "pip install -r requirements-app.txt")
 
 
 def _check_run_inputs(args, config) -> None:

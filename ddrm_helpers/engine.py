@@ -281,7 +281,9 @@ def sample_measurements(networks, y: torch.Tensor, degradation, settings: Settin
     takes, and another after its first step how long the whole run should take.
 
     ``callback`` gets the sampler's dict plus ``batch_start``, the row of the batch's first image,
-    so that a callback can follow one row (:func:`~ddrm_helpers.progress.collect_frames`).
+    so that a callback can follow one row (:func:`~ddrm_helpers.progress.collect_frames`), and
+    ``batch`` / ``batches``, which batch of how many this is (a progress bar's total is
+    ``batches * steps``).
     ``betas`` and ``learned_sigma`` go to :func:`ddrm_sample`; a run passes its config's
     (:func:`~ddrm_helpers.schedule.betas_from_config`, :func:`~ddrm_helpers.config.learns_sigma`).
     """
@@ -298,20 +300,22 @@ def sample_measurements(networks, y: torch.Tensor, degradation, settings: Settin
     rows = y.repeat_interleave(k, dim=0)
     row_classes = None if classes is None else torch.tensor(classes, device=y.device).repeat_interleave(k)
     restored = []
-    for start in range(0, rows.shape[0], rows_per_batch):
+    starts = range(0, rows.shape[0], rows_per_batch)
+    for batch, start in enumerate(starts):
         part = slice(start, start + rows_per_batch)
         restored.append(ddrm_sample(
             model, rows[part], degradation, settings.sigma_0, steps=settings.steps, eta=settings.eta,
             eta_b=settings.eta_b, classifier=classifier,
             classes=None if row_classes is None else row_classes[part], classifier_scale=settings.classifier_scale,
             generator=generator, progress=progress, betas=betas, learned_sigma=learned_sigma,
-            callback=None if callback is None else functools.partial(_with_batch_start, callback, start),
+            callback=None if callback is None else functools.partial(_with_batch_start, callback, start, batch,
+                                                                     len(starts)),
         ))
     return torch.cat(restored).clamp(-1, 1).reshape(y.shape[0], k, *degradation.image_shape)
 
 
-def _with_batch_start(callback, start: int, info: dict) -> None:
-    callback({**info, "batch_start": start})
+def _with_batch_start(callback, start: int, batch: int, batches: int, info: dict) -> None:
+    callback({**info, "batch_start": start, "batch": batch, "batches": batches})
 
 
 def _announce(grid, rows: int, rows_per_batch: int, settings: Settings, guided: bool, callback):

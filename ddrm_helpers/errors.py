@@ -79,3 +79,7 @@ class OutDirWriteError(OSError):
 
     def __str__(self) -> str:  # OSError's own __str__ would prepend an errno
         return self.args[0]
+
+
+class RunCancelled(RuntimeError):
+    """A restoration stopped on purpose (the app's Cancel button), raised from the sampler's callback."""

@@ -1,5 +1,5 @@
-"""What the notebook needs beyond one call per config: the device note, a control panel, uploads,
-the three configs side by side, and the closing summary.
+"""What the notebook needs beyond one call per config: the device note, uploads, the three configs
+side by side, and the closing summary. (The controls are the app's: :mod:`ddrm_helpers.app`.)
 
 Every cell of the notebook can run on its own, in any order: an upload button is found again by its
 description (``uploaded_images("Upload")``: none yet, no images), and ``run_summary()`` lists what
@@ -17,10 +17,8 @@ import re
 
 import torch
 
-from .config import available_configs, load_config
-from .demo import demo_entries
-from .display import in_notebook, label_result, labelled_results, row_names, show_grid, show_results
-from .paths import DEMO_DIR
+from .config import available_configs
+from .display import in_notebook, label_result, labelled_results, row_names, show_grid
 from .runner import run_config
 
 # The measured CPU figures of docs/performance.md (seconds per network evaluation, one 256x256 image,
@@ -52,49 +50,6 @@ def _show_widget(widget, what: str) -> None:
     line = f"{what}. (No widget below? Run this cell: widgets show only in a running notebook.)"
     display({"text/plain": line, "text/html": f"<small>{html.escape(line)}</small>"}, raw=True)
     display(widget)
-
-
-def restoration_panel(config: str = "celeba_hq", label: str | None = None):
-    """An ipywidgets panel: choose config, degradation, noise, steps and image, then Run.
-
-    With ``label``, each run is filed under it for :func:`run_summary` (the latest run counts)."""
-    import ipywidgets as w
-
-    from .degradations import available_degradations
-
-    demo = {e["title"]: str(DEMO_DIR / e["file"]) for e in demo_entries()}
-    controls = {
-        "config": w.Dropdown(options=available_configs(), value=config, description="config"),
-        "task": w.Dropdown(options=list(available_degradations()), value=load_config(config).ddrm.task,
-                           description="degradation"),
-        "sigma_y": w.FloatSlider(value=0.05, min=0.0, max=0.5, step=0.01, description="sigma_y"),
-        "steps": w.IntSlider(value=20, min=1, max=100, description="steps"),
-        "seed": w.IntText(value=0, description="seed"),
-        "image": w.Dropdown(options=list(demo), description="image"),
-    }
-    upload = w.FileUpload(accept="image/*", multiple=False, description="or upload")
-    button = w.Button(description="Run", button_style="primary")
-    output = w.Output()
-
-    def run(_=None):
-        output.clear_output()
-        with output:
-            uploaded = uploaded_images(upload)
-            images = uploaded or [demo[controls["image"].value]]
-            result = run_config(controls["config"].value, images=images, task=controls["task"].value,
-                                sigma_y=controls["sigma_y"].value, steps=controls["steps"].value,
-                                seed=controls["seed"].value)
-            show_results(result, label=label)
-
-    button.on_click(run)
-    panel = w.VBox([w.HBox([controls["config"], controls["task"]]),
-                    w.HBox([controls["sigma_y"], controls["steps"], controls["seed"]]),
-                    w.HBox([controls["image"], upload]), button, output])
-    panel.run = run  # so that code (and tests) can press the button
-    panel.controls = controls
-    if in_notebook():
-        _show_widget(panel, "Control panel: config, degradation, noise, steps, seed and image, then Run")
-    return panel
 
 
 _UPLOADS: dict = {}  # description -> the latest upload button made with it

@@ -165,6 +165,13 @@ def sample_spread(samples: torch.Tensor) -> torch.Tensor:
     return samples.var(dim=1, correction=1).mean(dim=1, keepdim=True).sqrt() / 2
 
 
+def spread_picture(spread: torch.Tensor) -> torch.Tensor:
+    """One image's spread ``[1, H, W]`` as a grey picture in [-1, 1]: black = the samples agree,
+    white = the largest spread of the image (all black when they agree everywhere)."""
+    top = float(spread.max())
+    return spread / top * 2 - 1 if top > 0 else -torch.ones_like(spread)
+
+
 def image_metrics(result: RunResult) -> list[dict]:
     """Per image: PSNR and SSIM of the restoration, the degraded baseline and (K >= 2) the samples'
     mean against the original, and the class used; empty without an original."""
@@ -205,11 +212,8 @@ def save_result(result: RunResult, root: Path) -> None:
             for k in range(result.num_samples):
                 result.files.append(save_image(result.samples[i][k], folder / f"{stem}_sample{k + 1}.png"))
             result.files.append(save_image(result.mean[i], folder / f"{stem}_mean.png"))
-            # Saved as grey, white = the largest spread of the image; that value is in metrics.json.
-            top = float(result.spread[i].max())
-            spread_max.append(top)
-            shown = result.spread[i] / top * 2 - 1 if top > 0 else -torch.ones_like(result.spread[i])
-            result.files.append(save_image(shown, folder / f"{stem}_spread.png"))
+            spread_max.append(float(result.spread[i].max()))  # what white stands for, in metrics.json
+            result.files.append(save_image(spread_picture(result.spread[i]), folder / f"{stem}_spread.png"))
     summary = {
         "config": result.config, "task": result.task, "sigma_y": result.sigma_y, "steps": result.steps,
         "eta": result.eta, "eta_b": result.eta_b, "seed": result.seed, "device": result.device,

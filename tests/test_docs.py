@@ -32,7 +32,7 @@ def test_every_cli_command_in_the_docs_parses():
     for command in commands:
         words = [w for w in shlex.split(command.replace("\\", "")) if w not in ("...",)]
         words = [w for w in words if not w.startswith("<") and w not in ("[", "]")]
-        if words[0] not in ("status", "download", "run", "demo", "restore", "eval"):
+        if words[0] not in ("status", "download", "run", "demo", "restore", "eval", "app"):
             continue
         # Placeholders (NAME, DIR, TASK, ...) stand for values: put real ones in for the parse.
         fixed = [{"NAME": "celeba_hq", "DIR": "somewhere", "TASK": "sr4", "PATH": "data"}.get(w, w) for w in words]
@@ -44,7 +44,8 @@ def test_every_cli_command_in_the_docs_parses():
 def test_environment_variables_named_in_the_docs_exist():
     docs = README + "".join(p.read_text() for p in (REPO / "docs").glob("*.md"))
     named = set(re.findall(r"\bDDRM_[A-Z_]+\b", docs))
-    assert named <= {CHECKPOINT_DIR_ENV, EXP_DIR_ENV, REGISTRY_ENV, "DDRM_CONFIG_OVERRIDES"}
+    # DDRM_APP_SCREENSHOT: where tests/test_app_browser.py keeps its screenshot
+    assert named <= {CHECKPOINT_DIR_ENV, EXP_DIR_ENV, REGISTRY_ENV, "DDRM_CONFIG_OVERRIDES", "DDRM_APP_SCREENSHOT"}
     assert CHECKPOINT_DIR_ENV in README
 
 
@@ -119,6 +120,9 @@ def test_installing_keeps_what_colab_has_ipywidgets_7_and_any_newer_torch():
     for name, specifier in listed.items():  # lower bounds only: never an upgrade of what satisfies them
         assert all(s.operator == ">=" for s in specifier), (name, specifier)
     assert {"torch", "torchvision", "numpy", "matplotlib"} <= set(listed)
+    app = requirements((REPO / "requirements-app.txt").read_text())  # the app's Gradio: a lower bound too
+    extra = re.search(r"^app = \[(.*?)\]", (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert requirements(extra.replace(",", "\n")) == app and all(s.operator == ">=" for s in app["gradio"])
 
 
 def test_the_docs_claim_no_checkpoint_upload_cell_and_no_cell_that_needs_another():

@@ -103,17 +103,38 @@ def cell_with(notebook, snippet: str):
     return cell
 
 
+# Not in the notebook: after its last cell, the test asks the app's page and stops the app, so that
+# no server outlives the run (the kernel's shutdown would end it too).
+APP_CELL = "app = serve(block=False)"
+ASK_AND_CLOSE = """import urllib.request
+with urllib.request.urlopen(app.local_url) as page:
+    assert page.status == 200 and app.local_url.startswith("http://127.0.0.1:")
+app.close(verbose=False)
+print("app answered and closed")"""
+
+
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory):
-    """The notebook executed once, offline, with an empty checkpoint folder."""
+    """The notebook executed once, offline, with an empty checkpoint folder (and the cell above after it)."""
     folder = tmp_path_factory.mktemp("offline")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(ASK_AND_CLOSE))
     with pytest.MonkeyPatch.context() as env:
         for var in ("DDRM_REGISTRY", "DDRM_CONFIG_OVERRIDES"):
             env.delenv(var, raising=False)
         env.setenv("DDRM_CHECKPOINT_DIR", str(folder / "checkpoints"))
         env.setenv("DDRM_EXP_DIR", str(folder / "exp"))
-        notebook = execute()
+        env.setenv("GRADIO_TEMP_DIR", str(folder / "gradio"))
+        notebook = execute(notebook)
     return notebook, folder
+
+
+def test_offline_the_app_cell_shows_the_app_inline_without_blocking_the_kernel(offline):
+    notebook, _ = offline
+    shown = html_in(cell_with(notebook, APP_CELL))
+    assert re.search(r'<iframe src="http://127\.0\.0\.1:\d+/"', shown), shown  # inline, on this machine only
+    assert visible_lines(cell_with(notebook, APP_CELL)) == ["<IPython.core.display.HTML object>"]  # quiet
+    assert text_of(notebook.cells[-1]).strip() == "app answered and closed"  # the kernel went on, the app served
 
 
 def test_the_notebook_is_committed_without_outputs():
@@ -155,7 +176,7 @@ def test_offline_the_summary_names_the_section_of_every_entry(offline):
 
 def test_offline_widgets_have_a_text_line_for_where_they_cannot_show(offline):
     notebook, _ = offline
-    for snippet, count in (("restoration_panel(", 1), ('upload_widget("Upload")', 1), ('upload_widget("Photo"', 2)):
+    for snippet, count in (('upload_widget("Upload")', 1), ('upload_widget("Photo"', 2)):
         outputs = cell_with(notebook, snippet).outputs
         widgets = [o for o in outputs if WIDGET in o.get("data", {})]
         captions = [o for o in outputs if "text/html" in o.get("data", {}) and WIDGET not in o["data"]]

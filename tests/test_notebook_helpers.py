@@ -19,7 +19,6 @@ from ddrm_helpers.errors import ImageError
 from ddrm_helpers.notebook import (
     compare_configs,
     device_report,
-    restoration_panel,
     run_summary,
     short_reason,
     upload_widget,
@@ -86,19 +85,6 @@ def assert_side_by_side_without_overlap(boxes, fig):
     for left, right in zip(boxes, boxes[1:]):
         assert left.x1 <= right.x0, (left, right)
     assert all(box.x0 >= 0 and box.x1 <= width for box in boxes)
-
-
-@pytest.mark.server
-def test_the_panels_run_button_runs_the_chosen_config(tiny, capsys):
-    panel = restoration_panel("celeba_hq", label="Section 7 (control panel)")
-    assert panel.controls["task"].value == "sr4"  # the config's default
-    panel.controls["steps"].value = 1
-    panel.controls["task"].value = "color"
-    panel.run()
-    [folder] = list((tiny / "exp" / "image_samples").iterdir())
-    assert folder.name.startswith("celeba_hq_color_")
-    assert "Config 1: CelebA-HQ (DDPM): color" in capsys.readouterr().out
-    assert run_summary().startswith("- Section 7 (control panel), Config 1: CelebA-HQ (DDPM): ran color")
 
 
 def test_uploads_in_the_formats_of_ipywidgets_7_and_8_and_of_colab_become_images():
