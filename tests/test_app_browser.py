@@ -1,8 +1,9 @@
 """The app in a real browser: headless Chromium (Debian's, driven by Playwright; no browser is ever
-downloaded) opens the page, uploads a digit photo, chooses inpainting, draws a stroke across the
-digit with the mouse, presses Restore, waits for the result, and checks the result's pixels: the
-painted pixels were filled with the digit's ink, and the restoration beats the degraded photo
-against the truth. A screenshot of the page is kept (``$DDRM_APP_SCREENSHOT``, else the test's
+downloaded) opens the page, uploads a photo of handwritten digits, chooses inpainting, draws a
+stroke across a row of digits with the mouse, presses Restore, waits for the result (restored at the
+photo's own size, in the digits prior's 8x8 tiles), and checks the result's pixels: the painted
+pixels were filled with the digits' ink, and the restoration beats the degraded photo against the
+truth. A screenshot of the page is kept (``$DDRM_APP_SCREENSHOT``, else the test's
 folder); the README's is one (docs/images/app.png).
 
 Under CI (``CI=true``) a missing Chromium fails the test: ``.ci/run`` installs it. Elsewhere the
@@ -36,7 +37,12 @@ CHROMIUM = os.environ.get("DDRM_CHROMIUM") or shutil.which("chromium") or "/usr/
 # Flags that work as root in a container, offline: no sandbox, no GPU, nothing fetched in the background.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
-SCALE = 8  # the 8x8 digit is shown 64x64 (nearest neighbour), so that a stroke is easy to draw
+# The photo: held-out digits laid out 6 pixels apart (where two meet, the brighter pixel), 3 rows of 4:
+# 26x20 pixels, restored at that size in the prior's 8x8 tiles with the default overlap of 2, so that
+# each tile holds one digit as the prior knows them (tests/test_tiles.py measures these mosaics).
+ROWS, COLUMNS, STRIDE = 3, 4, 6
+HEIGHT, WIDTH = STRIDE * (ROWS - 1) + 8, STRIDE * (COLUMNS - 1) + 8
+STROKE_ROW = STRIDE + 3  # the stroke hides row 3 of the middle row of digits
 WAIT_MS = 120_000  # a guard against a hang, never a budget a slow machine could miss
 
 
@@ -57,14 +63,19 @@ def _chromium():
 
 
 def digit_photo(folder: Path) -> tuple[Path, np.ndarray]:
-    """The held-out digit with the most ink in the row the stroke hides (row 3, columns 1 to 6), as
-    a 64x64 grey PNG, and its 8x8 truth in [0, 1]."""
-    digits, _ = heldout_digits(40)
-    truth = max(digits, key=lambda d: float(np.asarray(d)[3, 1:7].sum()))
-    pixels = (np.asarray(truth) * 255).round().astype(np.uint8)
-    path = folder / "digit.png"
-    Image.fromarray(pixels).resize((8 * SCALE, 8 * SCALE), Image.NEAREST).save(path)
-    return path, np.asarray(truth, dtype=np.float64)
+    """The mosaic of held-out digits (the 12 of the first 60 with the most ink in the row the stroke
+    hides, in the middle row) as a 26x20 grey PNG at its own size, and its truth in [0, 1]."""
+    digits, _ = heldout_digits(60)
+    inked = sorted(digits, key=lambda d: -float(np.asarray(d)[3, 1:7].sum()))[:COLUMNS]
+    others = [d for d in digits if not any(d is i for i in inked)]
+    order = others[:COLUMNS] + inked + others[COLUMNS:2 * COLUMNS]
+    truth = np.zeros((HEIGHT, WIDTH))
+    for k, digit in enumerate(order):
+        top, left = STRIDE * (k // COLUMNS), STRIDE * (k % COLUMNS)
+        truth[top:top + 8, left:left + 8] = np.maximum(truth[top:top + 8, left:left + 8], digit)
+    path = folder / "digits.png"
+    Image.fromarray((truth * 255).round().astype(np.uint8)).save(path)
+    return path, (truth * 255).round() / 255
 
 
 def choose(page, elem_id: str, text: str) -> None:
@@ -98,18 +109,18 @@ def draw_and_restore(sync_playwright, url: str, photo: Path, profile: Path, shot
 
         page.get_by_role("button", name="Brush", exact=True).click()
         page.get_by_role("button", name="Brush Size", exact=True).click()
-        page.locator("#photo input[type=range]").fill("3")  # a stroke about 7 pixels high: one digit row
+        page.locator("#photo input[type=range]").fill("1")  # a stroke about 3 pixels high
         page.get_by_role("button", name="Brush Size", exact=True).click()
         canvas = page.locator("#photo canvas").first.bounding_box()
         zoom = float(re.search(r"(\d+)%", page.locator("#photo").inner_text()).group(1)) / 100
-        shown = 8 * SCALE * zoom  # the photo's side on the screen; it sits in the middle of the canvas
+        # the photo sits in the middle of the canvas, WIDTH x HEIGHT pixels times the zoom
         middle_x, middle_y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
-        row = middle_y - 0.5 * SCALE * zoom  # the middle of digit row 3 (the photo's rows 24 to 31)
-        page.mouse.move(middle_x - 0.35 * shown, row)
+        row = middle_y + (STROKE_ROW + 0.5 - HEIGHT / 2) * zoom
+        page.mouse.move(middle_x - 0.4 * WIDTH * zoom, row)
         page.mouse.down()
-        page.mouse.move(middle_x + 0.35 * shown, row, steps=5)
+        page.mouse.move(middle_x + 0.4 * WIDTH * zoom, row, steps=40)  # small moves: one unbroken stroke
         page.mouse.up()
-        page.locator("#photo-info").get_by_text(f"Photo: {8 * SCALE}x{8 * SCALE}; ").wait_for()  # the stroke is in
+        page.locator("#photo-info").get_by_text(f"Photo: {WIDTH}x{HEIGHT}; ").wait_for()  # the stroke is in
 
         page.locator("#restore").click()
         page.locator("#report").get_by_text("inp_mask, sigma_y 0").wait_for()
@@ -131,16 +142,16 @@ def test_a_mask_drawn_in_chromium_inpaints_the_digit(tmp_path):
         finally:
             app.close()
 
-    side = restored.shape[0]
-    assert restored.shape == degraded.shape == (side, side)
-    expected = np.kron(truth, np.ones((side // 8, side // 8)))  # the truth at the result's size
-    painted_ink = (expected > 0.5) & (degraded < 0.05)  # the digit's ink that the stroke hid
-    assert painted_ink.sum() >= 2, "the stroke did not reach the digit's ink"
-    assert restored[painted_ink].mean() > 0.4  # filled with ink (0.73 here), not left black
-    as_tensor = [np.repeat(image[None, None], 3, axis=1) * 2 - 1 for image in (restored, degraded, expected)]
+    assert restored.shape == degraded.shape == truth.shape  # restored at the photo's own size
+    painted_ink = (truth > 0.5) & (degraded < 0.05)  # the digits' ink that the stroke hid
+    assert painted_ink.sum() >= 4, "the stroke did not reach the digits' ink"
+    print(f"measured: painted ink filled to {restored[painted_ink].mean():.2f}")
+    assert restored[painted_ink].mean() > 0.4  # filled with ink, not left black
     import torch
 
-    restored_t, degraded_t, truth_t = (torch.from_numpy(image).float() for image in as_tensor)
+    restored_t, degraded_t, truth_t = (torch.from_numpy(np.repeat(image[None, None], 3, axis=1) * 2 - 1).float()
+                                       for image in (restored, degraded, truth))
     gain = float(psnr(restored_t, truth_t) - psnr(degraded_t, truth_t))
+    print(f"measured: {gain:+.1f} dB over the degraded photo")
     assert gain > 3.0, f"the restoration beats the degraded photo by only {gain:.1f} dB"
     assert shot.is_file() and Image.open(shot).size[0] == 1280
