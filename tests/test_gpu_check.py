@@ -15,8 +15,9 @@ import torch
 
 from .conftest import REPO
 
-STAGES = ["environment", "correctness", "forward", "profile", "sampler", "memory", "precision", "loading", "compile"]
-CPU_STAGES = ["environment", "correctness", "forward", "profile", "sampler", "precision", "loading"]
+STAGES = ["environment", "correctness", "forward", "profile", "sampler", "tiled", "memory", "precision", "loading",
+          "compile"]
+CPU_STAGES = ["environment", "correctness", "forward", "profile", "sampler", "tiled", "precision", "loading"]
 
 
 @functools.cache
