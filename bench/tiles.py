@@ -13,6 +13,7 @@ Three tables, on the machine it runs on:
     python bench/tiles.py                 # everything, CPU (a few minutes on 2 cores)
     python bench/tiles.py --device cuda   # on a GPU
     python bench/tiles.py --only build --sides 256 1024 4096
+    python bench/tiles.py --threads 1     # steadier where other jobs share the cores
 """
 
 from __future__ import annotations
@@ -111,9 +112,13 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeat", type=int, default=1, help="builds per operator and side")
     parser.add_argument("--only", choices=("tiles", "build"))
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: torch's); 1 is steadier on shared cores")
     args = parser.parse_args()
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the fresh processes of table 1 too
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {args.device}, load average {os.getloadavg()[0]:.1f}")
     if args.only != "build":

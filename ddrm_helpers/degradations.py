@@ -224,7 +224,8 @@ class Separable(Degradation):
 
     def __init__(self, channels: int, matrix_h: torch.Tensor, matrix_w: torch.Tensor, name: str):
         u_h, s_h, v_h = _svd_with_numerical_zeros(matrix_h)
-        u_w, s_w, v_w = _svd_with_numerical_zeros(matrix_w)
+        same = matrix_h.shape == matrix_w.shape and torch.equal(matrix_h, matrix_w)  # a square image, one kernel
+        u_w, s_w, v_w = (u_h, s_h, v_h) if same else _svd_with_numerical_zeros(matrix_w)
         super().__init__(
             (channels, matrix_h.shape[1], matrix_w.shape[1]),
             torch.outer(s_h, s_w).reshape(-1).repeat(channels),
@@ -442,7 +443,7 @@ def _svd_with_numerical_zeros(matrix: torch.Tensor):
     """
     rows, columns = matrix.shape
     if rows == columns and torch.equal(matrix, matrix.T):
-        values, q = torch.linalg.eigh(matrix)
+        values, q = _symmetric_eigh(matrix)
         order = values.abs().argsort(descending=True)
         values, v = values[order], q[:, order]
         u, s = v * torch.where(values < 0, -1.0, 1.0), values.abs()
@@ -457,6 +458,33 @@ def _svd_with_numerical_zeros(matrix: torch.Tensor):
         v = vh.T
     tolerance = max(matrix.shape) * torch.finfo(matrix.dtype).eps * s.max()
     return u, torch.where(s > tolerance, s, torch.zeros_like(s)), v
+
+
+def _symmetric_eigh(matrix: torch.Tensor):
+    """``eigh`` of a symmetric matrix; one that is also centrosymmetric (unchanged when both its rows
+    and columns are reversed: a blur's, whose kernel is symmetric) splits exactly into two problems
+    of half the size, four times cheaper: with ``J`` the reversal and ``m = n // 2``, the orthogonal
+    ``Q = [[I, 0, I], [0, sqrt 2, 0], [J, 0, -J]] / sqrt 2`` (no middle row and column for even
+    ``n``) makes ``Q^T A Q`` block-diagonal, its blocks acting on the even and the odd vectors."""
+    n = matrix.shape[0]
+    if n < 64 or not torch.equal(matrix, matrix.flip(0).flip(1)):
+        return torch.linalg.eigh(matrix)
+    m, odd = n // 2, n % 2
+    top, corner = matrix[:m, :m], matrix[:m, n - m:].flip(1)  # A11 and A12 J
+    even_block = top + corner
+    if odd:  # the middle pixel belongs to the even vectors
+        column = matrix[:m, m:m + 1] * 2**0.5
+        even_block = torch.cat([torch.cat([even_block, column], dim=1),
+                                torch.cat([column.T, matrix[m:m + 1, m:m + 1]], dim=1)])
+    even_values, even_vectors = torch.linalg.eigh(even_block)
+    odd_values, odd_vectors = torch.linalg.eigh(top - corner)
+    half = 2**-0.5
+    upper, middle = even_vectors[:m], even_vectors[m:]
+    even = torch.cat([upper * half, middle, upper.flip(0) * half]) if odd else \
+        torch.cat([upper * half, upper.flip(0) * half])
+    zeros = odd_vectors.new_zeros(odd, m)
+    odd_full = torch.cat([odd_vectors * half, zeros, -odd_vectors.flip(0) * half])
+    return torch.cat([even_values, odd_values]), torch.cat([even, odd_full], dim=1)
 
 
 def _helmert(n: int) -> torch.Tensor:

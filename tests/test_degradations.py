@@ -401,3 +401,21 @@ def test_color_needs_channels_and_inputs_need_their_size():
         op.H(torch.zeros(3, 8, 8))
     with pytest.raises(DegradationError, match="Ut takes a batch of vectors of length 48"):
         op.Ut(torch.zeros(1, 47))
+
+
+@pytest.mark.parametrize("n", [64, 65, 128, 301])
+@pytest.mark.parametrize("kernel", ["gauss", "uniform", "asymmetric"])
+def test_the_1d_factors_of_large_blurs_are_exact_whichever_way_they_are_computed(n, kernel):
+    """Sides of 64 and more take the cheap paths: a symmetric, centrosymmetric blur split into two
+    half-size eigenproblems, an asymmetric one by its SVD; both give the exact decomposition."""
+    from ddrm_helpers.degradations import _correlation_matrix, _svd_with_numerical_zeros
+
+    taps = {"gauss": gaussian(3.0, 7), "uniform": torch.full((9,), 1 / 9, dtype=F64),
+            "asymmetric": torch.tensor([0.1, 0.5, 0.3, 0.1], dtype=F64)}[kernel]
+    a = _correlation_matrix(taps, n)
+    u, s, v = _svd_with_numerical_zeros(a)
+    eye = torch.eye(n, dtype=F64)
+    assert torch.allclose(u.T @ u, eye, atol=1e-12) and torch.allclose(v.T @ v, eye, atol=1e-12)
+    assert relative(u @ torch.diag(s) @ v.T, a) < 1e-12
+    assert bool((s[:-1] >= s[1:]).all())  # decreasing, as an SVD gives them
+    assert torch.allclose(s, torch.linalg.svdvals(a), atol=1e-12)
