@@ -112,7 +112,8 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeat", type=int, default=1, help="builds per operator and side")
     parser.add_argument("--only", choices=("tiles", "build"))
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: torch's); 1 is steadier on shared cores")
+    parser.add_argument("--threads", type=int,
+                        help="intra-op threads (default: torch's); 1 is steadier on shared cores")
     args = parser.parse_args()
     import torch
 
