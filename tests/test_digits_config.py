@@ -76,3 +76,17 @@ def test_the_command_line_runs_digits_offline(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "digit0: restored PSNR" in out and "digit1: restored PSNR" in out
     assert len(list((tmp_path / "out").glob("digits_deblur_gauss_*/*_restored.png"))) == 2
+
+
+def test_evaluate_runs_the_digits_prior_on_a_folder_of_digits(tmp_path):
+    from ddrm_helpers.evaluation import evaluate
+
+    data = tmp_path / "digits"
+    data.mkdir()
+    for i, digit in enumerate(heldout_digits(4)[0]):
+        Image.fromarray((digit * 255).round().astype(np.uint8)).save(data / f"{i}.png")
+    result = evaluate("digits", data, task="inp", steps=5, out_dir=tmp_path / "eval", features=None, device="cpu",
+                      progress=False)
+    assert not getattr(result, "skipped", False)
+    records = [line for line in (tmp_path / "eval" / "records.jsonl").read_text().splitlines() if line.strip()]
+    assert len(records) == 4
