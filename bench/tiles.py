@@ -138,10 +138,16 @@ def main() -> None:
                 print(f"  {name:14s}{f'{width}x{height}':>10s}{r['tiles']:7d}{r['seconds']:9.2f}"
                       f"{r['seconds'] / megapixels:8.1f}{peak / 2**20:9.0f}{run / 2**20 / megapixels:11.0f}",
                       flush=True)
-            ratios.append((name, runs[1]["seconds"] / runs[0]["seconds"], runs[1]["tiles"] / runs[0]["tiles"]))
-        print("\n2. Cost of 4x the area: time ratio against tile ratio (the first must not exceed the second by much)")
-        for name, time_ratio, tile_ratio in ratios:
-            print(f"  {name:14s} time x{time_ratio:.2f}, tiles x{tile_ratio:.2f}")
+            (small_h, small_w), (large_h, large_w) = canvases
+            extra_mp = (large_h * large_w - small_h * small_w) / 1e6
+            memory = (runs[1]["rss_peak"] - runs[1]["rss_before"] - runs[0]["rss_peak"] + runs[0]["rss_before"]) \
+                if runs[0]["gpu_peak"] is None else runs[1]["gpu_peak"] - runs[0]["gpu_peak"]
+            ratios.append((name, runs[1]["seconds"] / runs[0]["seconds"], runs[1]["tiles"] / runs[0]["tiles"],
+                           memory / 2**20 / extra_mp))
+        print("\n2. Cost of 4x the area: time ratio against tile ratio (the first must not exceed the second by much),"
+              "\n   and the memory each further megapixel takes (the larger run's minus the smaller's)")
+        for name, time_ratio, tile_ratio, per_mp in ratios:
+            print(f"  {name:14s} time x{time_ratio:.2f}, tiles x{tile_ratio:.2f}, {per_mp:.0f} MB per further MP")
     if args.only != "tiles":
         build_table(args.sides, args.repeat)
 
