@@ -31,6 +31,8 @@ Modules, one idea each:
 - ``progress``     the restoration as it happens: ``collect_frames``, ``show_progress``, ``animate_progress``
 - ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
 - ``selftest``     does DDRM really restore here? A small trained digits prior, offline, in seconds
+- ``prior_checks`` what the self-test measures: gain, colour, measurement noise, measurements kept
+- ``threads``      how many threads PyTorch computes with on a CPU
 - ``validate``     the checks of every argument, made before anything is downloaded or loaded
 - ``cli``          ``python -m ddrm_helpers ...``
 
@@ -64,7 +66,7 @@ _SOURCES = {
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 _SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "engine", "images", "metrics", "notebook", "paths",
-               "safefs", "selftest", "summary", "validate", "verify")
+               "prior_checks", "safefs", "selftest", "summary", "threads", "validate", "verify")
 
 __all__ = [
     "ArgumentError",

@@ -127,7 +127,7 @@ def test_offline_without_checkpoints_every_cell_runs_and_configs_are_skipped(off
     notebook, folder = offline
     assert "checkpoints go to" in text_of(notebook.cells[2])  # outside Colab the set-up cell only imports
     check = cell_with(notebook, "selftest(digits=8, show=True)")  # the shipped prior needs no download
-    assert "PASS: DDRM with a real learned prior beats the baseline" in text_of(check) and images_in(check) == 1
+    assert "PASS: DDRM with a real learned prior restores every task" in text_of(check) and images_in(check) == 1
     status = text_of(cell_with(notebook, "ensure_checkpoints()"))
     assert "Ready to run: none." in status and "download failed" in status
     skipped = {"result_celeba = ": "Config 1: CelebA-HQ (DDPM) skipped: celeba_hq.ckpt could not be downloaded",
