@@ -11,6 +11,7 @@ Modules, one idea each:
 - ``store``        ``CheckpointStore``: the checkpoint root and registry in one object, and its rules
 - ``safefs``       the store's file-system rules: no link followed, nothing foreign written or deleted
 - ``status``       ``checkpoint_status`` / ``ensure_checkpoints``: which configs can run
+- ``readiness``    ``prepare_checkpoints``: fetch what can be had, one line per file that cannot
 - ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
 - ``schedule``     the diffusion's noise schedule and DDRM's timestep sequence
 - ``sampler``      the DDRM sampler (``ddrm_sample``)
@@ -55,6 +56,7 @@ _SOURCES = {
     "models": ("build_classifier", "build_model", "fast_path_options", "load_pretrained", "set_fast_path"),
     "noise": ("estimate_noise",),
     "progress": ("animate_progress", "collect_frames", "show_progress"),
+    "readiness": ("prepare_checkpoints",),
     "registry": ("CheckpointSpec", "load_registry"),
     "restore": ("degraded_photo", "restore_photo"),
     "results": ("RunResult", "Skipped"),
@@ -107,6 +109,7 @@ __all__ = [
     "load_pretrained",
     "load_registry",
     "make_degradation",
+    "prepare_checkpoints",
     "restore_photo",
     "run_config",
     "set_fast_path",

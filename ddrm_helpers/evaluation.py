@@ -55,7 +55,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import engine, validate
+from . import engine, threads, validate
 from .config import load_config
 from .datasets import DataSet, open_data
 from .degradations import make_degradation
@@ -156,7 +156,9 @@ def evaluate(
            "steps": settings.steps, "eta": settings.eta, "eta_b": settings.eta_b, "seed": settings.seed,
            "classifier_scale": settings.classifier_scale if "classifier" in config.checkpoints else None,
            "image_size": size, "data": data_set.description}
+    count = threads.for_evaluation(settings.device)  # the same in every rank and in one process: docs/evaluation.md
     ranks = Ranks.join(settings.device)
+    before = threads.set_count(count)
     try:
         folder = Path(out_dir).expanduser()
         remaining = ranks.on_zero(lambda: _prepare(folder, run, data_set))
@@ -195,6 +197,7 @@ def evaluate(
         return evaluation
     finally:
         ranks.close()
+        threads.set_count(before)
 
 
 class Ranks:
