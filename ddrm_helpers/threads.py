@@ -9,7 +9,8 @@ to 212 s on the default two of a 2-core machine with another process busy on eve
 1. ``DDRM_THREADS=N`` in the environment: N.
 2. ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` set: PyTorch read them; that choice is kept.
 3. Otherwise the CPUs this process may run on, less those the load average says other processes
-   keep busy (rounded), at least 1 and at most PyTorch's own default.
+   keep busy (a CPU counts as busy when the load over the last minute says it was busy three
+   quarters of it), at least 1 and at most PyTorch's own default.
 
 The command line, the notebook's device cell and the self-test apply it once per process
 (:func:`apply`); a library call such as ``run_config`` leaves the process as the caller set it.
@@ -100,7 +101,7 @@ def choose(environ=None, *, default: int | None = None, cpus: int | None = None,
         return Choice(default, default, f"{library}={environ[library]}")
     cpus = usable_cpus() if cpus is None else cpus
     busy = busy_cpus() if busy is None else busy
-    free = max(1, min(default, cpus - math.floor(busy + 0.5)))
+    free = max(1, min(default, cpus - math.floor(busy + 0.25)))
     load = f"load {busy:.1f} on {cpus} CPUs"
     if free < default:
         return Choice(free, default, f"the CPU is busy ({load})", lowered=True)

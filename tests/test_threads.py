@@ -25,6 +25,7 @@ def choose(busy: float, cpus: int = 2, default: int = 2, **environ):
 
 def test_a_free_cpu_keeps_pytorchs_default_and_a_busy_one_gets_what_is_free():
     assert choose(busy=0.2).count == 2 and not choose(busy=0.2).lowered
+    assert choose(busy=0.7).count == 2 and choose(busy=0.8).count == 1  # busy three quarters of the minute
     busy = choose(busy=1.8)  # another process on one core of two
     assert busy.count == 1 and busy.lowered and busy.reason == "the CPU is busy (load 1.8 on 2 CPUs)"
     assert "set DDRM_THREADS=N to choose" in busy.note()
