@@ -33,6 +33,7 @@ Modules, one idea each:
 - ``notebook``     the notebook's panel, uploads, side-by-side comparison and summary
 - ``selftest``     does DDRM really restore here? A small trained digits prior, offline, in seconds
 - ``prior_checks`` what the self-test measures: gain, colour, measurement noise, measurements kept
+- ``prior_sampling`` the digits prior with nothing measured, and under float16 autocast
 - ``threads``      how many threads PyTorch computes with on a CPU
 - ``validate``     the checks of every argument, made before anything is downloaded or loaded
 - ``cli``          ``python -m ddrm_helpers ...``
@@ -68,7 +69,7 @@ _SOURCES = {
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 _SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "engine", "images", "metrics", "notebook", "paths",
-               "prior_checks", "safefs", "selftest", "summary", "threads", "validate", "verify")
+               "prior_checks", "prior_sampling", "safefs", "selftest", "summary", "threads", "validate", "verify")
 
 __all__ = [
     "ArgumentError",
