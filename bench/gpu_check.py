@@ -289,10 +289,24 @@ def _alarm(seconds: float):
 GRACE_S = 20.0  # past a stage's cap, how long a call that ignores the alarm may run before the watchdog acts
 
 
+@dataclass(frozen=True)
+class Clock:
+    """Where :func:`run_stages` reads the time and how it stops a stage at its cap: for a run, the
+    wall clock (``time.time`` for the budget's deadline, ``time.monotonic`` for durations), SIGALRM
+    and the watchdog thread. Tests hand in a clock of their own, whose seconds pass only when a
+    stage says so, so that what they assert never depends on how fast the machine is."""
+
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    alarm: Callable[[float], contextlib.AbstractContextManager] = _alarm
+    watchdog: bool = True
+
+
 def run_stages(ctx: Context, report: Report, stages: list[StageDef], deadline: float,
-               resume_after: str | None = None) -> int:
-    """Run ``stages`` in order, each under its cap and what is left until ``deadline`` (wall-clock
-    seconds, ``time.time()``); returns the exit status.
+               resume_after: str | None = None, clock: Clock = Clock()) -> int:
+    """Run ``stages`` in order, each under its cap and what is left until ``deadline`` (seconds of
+    ``clock.wall``: the wall clock, ``time.time()``, unless a test hands in another); returns the
+    exit status.
 
     A stage past its cap gets StageTimeout from SIGALRM, which Python delivers between bytecodes. A
     stage stuck in one long call (a C function that never returns to Python) cannot be interrupted
@@ -326,7 +340,7 @@ def run_stages(ctx: Context, report: Report, stages: list[StageDef], deadline: f
             if d.name == skip_until:
                 skip_until = None
             continue
-        left = deadline - time.time()
+        left = deadline - clock.wall()
         print(f"\n== {d.name}: {d.title} (cap {record.cap_s:g} s, {max(left, 0):.0f} s of the budget left)", flush=True)
         if d.needs_cuda and not ctx.cuda:
             record.status, record.reason = "skipped: no CUDA", d.needs_cuda
@@ -338,13 +352,13 @@ def run_stages(ctx: Context, report: Report, stages: list[StageDef], deadline: f
             record.status, record.reason = "skipped: out of time", f"{max(left, 0):.1f} s of the budget left"
         else:
             cap = min(record.cap_s, left)
-            ctx.shared["stage_deadline"] = time.monotonic() + cap
+            ctx.shared["stage_deadline"] = clock.monotonic() + cap
             record.status = "running"
             report.write()
-            start = time.monotonic()
-            watchdog = _Watchdog(ctx, report, record, cap, deadline)
+            start = clock.monotonic()
+            watchdog = _Watchdog(ctx, report, record, cap, deadline) if clock.watchdog else None
             try:
-                with _alarm(cap):
+                with clock.alarm(cap):
                     d.run(ctx, record)
             except StageTimeout:
                 record.status = "timed out"
@@ -359,8 +373,9 @@ def run_stages(ctx: Context, report: Report, stages: list[StageDef], deadline: f
             else:
                 record.status = "failed" if record.failed_checks() else "passed"
             finally:
-                watchdog.stop()
-                record.seconds = round(time.monotonic() - start, 2)
+                if watchdog is not None:
+                    watchdog.stop()
+                record.seconds = round(clock.monotonic() - start, 2)
                 _cleanup(ctx)
         if record.reason:
             print(f"  -> {record.status}: {record.reason}", flush=True)

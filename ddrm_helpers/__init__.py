@@ -17,6 +17,7 @@ Modules, one idea each:
 - ``torch_zip``    a ``torch.save`` zip checked from its directory alone, before anything loads it
 - ``safefs``       the file-system rules of everything we write: no link followed, nothing foreign written
 - ``status``       the checkpoint table: which configs can run, and why not
+- ``readiness``    ``prepare_checkpoints``: fetch what can be had, one line per file that cannot
 - ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
 - ``schedule``     the diffusion's noise schedule and DDRM's timestep sequence
 - ``sampler``      the DDRM sampler (``ddrm_sample``)
@@ -24,8 +25,11 @@ Modules, one idea each:
 - ``images``       loading any photo as a tensor, saving tensors as pictures
 - ``metrics``      PSNR and SSIM
 - ``classes``      ImageNet class labels by index or name
-- ``engine``       restore measurements with a config's networks under one frozen ``Settings``
-- ``results``      ``RunResult`` / ``Skipped``: a run's result, its metrics, its files, image names
+- ``engine``       restore measurements with a config's networks under one frozen ``Settings`` (``Skipped``)
+- ``tiles``        any size: the network on overlapping tiles of its own size, blended (``TiledDenoiser``)
+- ``canvas``       a photo at its own size: its canvas, and the mirrored padding of one under a tile
+- ``budget``       will it fit? a canvas's memory on the device, refused in one line before any download
+- ``results``      ``RunResult``: a run's result, its metrics, its files, image names
 - ``demo``         the shipped demo images: which suit a config, their classes
 - ``runner``       ``run_config``: one config end to end (images, degrade, restore, measure, save)
 - ``restore``      ``restore_photo``: a user's degraded photo is the measurement; restore it
@@ -43,6 +47,9 @@ Modules, one idea each:
 - ``notebook``     the notebook's uploads, side-by-side comparison and summary
 - ``app``          the restoration app (Gradio, optional): ``build_app``, ``serve``; ``python -m ddrm_helpers app``
 - ``selftest``     does DDRM really restore here? A small trained digits prior, offline, in seconds
+- ``prior_checks`` what the self-test measures: gain, colour, measurement noise, measurements kept
+- ``prior_sampling`` the digits prior with nothing measured, and under float16 autocast
+- ``threads``      how many threads PyTorch computes with on a CPU
 - ``validate``     the checks of every argument, made before anything is downloaded or loaded
 - ``cli``          ``python -m ddrm_helpers ...``
 
@@ -65,6 +72,7 @@ _SOURCES = {
     "models": ("build_classifier", "build_model", "fast_path_options", "load_pretrained", "set_fast_path"),
     "noise": ("estimate_noise",),
     "progress": ("animate_progress", "collect_frames", "show_progress"),
+    "readiness": ("prepare_checkpoints",),
     "registry": ("CheckpointSpec", "load_registry"),
     "restore": ("degraded_photo", "restore_photo"),
     "results": ("RunResult", "Skipped"),
@@ -76,8 +84,8 @@ _SOURCES = {
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 _SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "download", "engine", "http_deadline", "http_protocol",
-               "images", "metrics", "notebook", "part_writer", "paths", "safefs", "selftest", "summary", "torch_zip",
-               "validate", "verify")
+               "images", "metrics", "notebook", "operator_inputs", "part_writer", "paths", "prior_checks",
+               "prior_sampling", "safefs", "selftest", "summary", "threads", "torch_zip", "validate", "verify")
 _SUBMODULES += ("distribution", "outdir", "ranks", "records", "runfolder")  # the evaluation's
 _SUBMODULES += ("budget", "canvas", "tiles")  # any size
 
@@ -120,6 +128,7 @@ __all__ = [
     "load_pretrained",
     "load_registry",
     "make_degradation",
+    "prepare_checkpoints",
     "restore_photo",
     "run_config",
     "set_fast_path",

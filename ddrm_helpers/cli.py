@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="DDRM steps (default: 20)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--images", nargs="+", metavar="PATH", help="image files (default: the demo images)")
+    add_operator_files(run, "the model's size (its centred square is resized to it, as the images are)")
     run.add_argument("--classes", nargs="+", metavar="C",
                      help="Config 3: ImageNet classes, an index or a name, one for all images or one per image")
     run.add_argument("--out", metavar="DIR", help="where run folders go (default: exp/image_samples)")
@@ -109,12 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what happened to the photo: sr4, sr_bicubic4, color, inp_mask, deblur_gauss, deblur, "
                               "deno, ... (docs/real-photos.md)")
     restore.add_argument("--photo", required=True, metavar="PATH", help="the degraded photo")
-    restore.add_argument("--mask", metavar="PATH",
-                         help="inp_mask: an image of the photo's size, white = keep, black = missing")
-    restore.add_argument("--kernel", nargs="+", type=float, metavar="K",
-                         help="deblur: the 1-D blur kernel, on both axes")
-    restore.add_argument("--kernel-h", nargs="+", type=float, metavar="K", help="deblur: the kernel along the height")
-    restore.add_argument("--kernel-w", nargs="+", type=float, metavar="K", help="deblur: the kernel along the width")
+    add_operator_files(restore, "the photo's size")
     noise = restore.add_mutually_exclusive_group()
     noise.add_argument("--sigma-y", type=float,
                        help="the photo's noise in [0, 1] pixel units (default: the config's)")
@@ -185,11 +181,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_operator_files(sub, mask_size: str) -> None:
+    """``--mask`` (inp_mask) and ``--kernel`` / ``--kernel-h`` / ``--kernel-w`` (deblur), read by
+    :mod:`ddrm_helpers.operator_inputs`."""
+    sub.add_argument("--mask", metavar="FILE",
+                     help=f"inp_mask: an image of {mask_size}, white = keep, black = missing (or a .npy / text "
+                          "array, nonzero = keep)")
+    sub.add_argument("--kernel", nargs="+", metavar="K|FILE",
+                     help="deblur: the blur on both axes: numbers (a 1-D kernel), or a file: a small image (normalised "
+                          "to sum 1) or a .npy / text array, 1-D or a separable 2-D kernel")
+    sub.add_argument("--kernel-h", nargs="+", metavar="K|FILE", help="deblur: the 1-D kernel along the height")
+    sub.add_argument("--kernel-w", nargs="+", metavar="K|FILE", help="deblur: the 1-D kernel along the width")
+
+
+def _operator(args, size: int | None) -> tuple[dict, object]:
+    """``make_degradation``'s parameters from ``--kernel*`` and the mask from ``--mask`` (resized to ``size``)."""
+    from .operator_inputs import degradation_arguments
+
+    return degradation_arguments(args.task, mask=args.mask, kernel=args.kernel, kernel_h=args.kernel_h,
+                                 kernel_w=args.kernel_w, mask_size=size)
+
+
 def _store(args):
     """The one checkpoint store of a command (``--dir``, else ``$DDRM_CHECKPOINT_DIR``, else exp/logs)."""
     from .store import CheckpointStore
 
     return CheckpointStore(args.dir)
+
+
+def _choose_threads(device) -> None:
+    """PyTorch's thread count for the work of this command (:mod:`ddrm_helpers.threads`); one line on
+    stderr when the CPU is busy and fewer threads were chosen."""
+    from . import threads
+
+    threads.apply(device, say=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _ran_well(result) -> bool:
@@ -214,17 +239,22 @@ def _download(args) -> int:
 
 def _demo(args) -> int:
     from .notebook import run_summary
+    from .readiness import prepare_checkpoints
     from .runner import run_config
+
     store = _store(args)
-    print(store.ensure(), end="\n\n", flush=True)
+    readiness = prepare_checkpoints(store=store)  # one line per file that cannot be had
+    if not readiness.ready:
+        print(readiness, file=sys.stderr)
+        return 1
+    _choose_threads(args.device)
     results = [run_config(name, steps=args.steps, store=store, out_dir=args.out, device=args.device)
-               for name in available_configs()]
+               for name in readiness.ready]
     print()
     run_summary(*results)
-    if all(result.skipped for result in results):
-        print("Nothing could run: see the reasons above.", file=sys.stderr)
-        return 1
-    return 0 if all(result.skipped or result.finite for result in results) else 1
+    if readiness.missing:
+        print(readiness)
+    return 0 if all(result.finite for result in results) else 1
 
 
 def _run(args) -> int:
@@ -232,8 +262,10 @@ def _run(args) -> int:
 
     classes = args.classes[0] if args.classes and len(args.classes) == 1 else args.classes
     store = _store(args)
+    _choose_threads(args.device)
     results = [run_config(name, images=args.images, task=args.task, sigma_y=args.sigma_y, steps=args.steps,
-                          seed=args.seed, classes=classes, out_dir=args.out, store=store, device=args.device)
+                          seed=args.seed, classes=classes, out_dir=args.out, store=store, device=args.device,
+                          degradation_params=args.operators[name] or None)
                for name in args.config]
     if all(result.skipped for result in results):
         print("Nothing could run: see the reasons above.", file=sys.stderr)
@@ -244,12 +276,13 @@ def _run(args) -> int:
 def _restore(args) -> int:
     from .restore import restore_photo
 
-    kernels = {"kernel": args.kernel, "kernel_h": args.kernel_h, "kernel_w": args.kernel_w}
+    kernels, mask = args.operator
+    _choose_threads(args.device)
     result = restore_photo(
         args.config, args.photo, args.task, sigma_y="estimate" if args.estimate_noise else args.sigma_y,
-        steps=args.steps, seed=args.seed, num_samples=args.samples, mask=args.mask, fit=args.fit,
+        steps=args.steps, seed=args.seed, num_samples=args.samples, mask=mask, fit=args.fit,
         tile_overlap=args.tile_overlap, reference=args.reference, classes=args.classes,
-        degradation_params={key: value for key, value in kernels.items() if value is not None},
+        degradation_params=kernels or None,
         out_dir=args.out, store=_store(args), device=args.device,
     )
     if result.skipped:
@@ -308,12 +341,14 @@ def check_arguments(args) -> None:
         _check_app_arguments(args)
     if args.command not in ("demo", "run", "restore", "eval"):
         return
+    from . import threads
     from .config import load_config
     from .engine import resolve_settings
     from .schedule import betas_from_config
 
     if args.device is not None:
         validate.check_device(args.device, "--device")
+    threads.requested()  # DDRM_THREADS, if set, is a count
     if args.out is not None:
         validate.check_out_dir(args.out, "--out")
     seed = getattr(args, "seed", 0)
@@ -326,6 +361,9 @@ def check_arguments(args) -> None:
     if getattr(args, "limit", None) is not None:
         validate.check_count(args.limit, "--limit", "how many images of the data set to evaluate, 1 or more")
     task = getattr(args, "task", None)
+    if args.command == "restore":
+        args.operator = _operator(args, None)
+    args.operators = {}
     names = available_configs() if args.command == "demo" else args.config
     for name in [names] if isinstance(names, str) else names:
         config = load_config(name)
@@ -359,14 +397,19 @@ def _check_app_arguments(args) -> None:
 
 
 def _check_run_inputs(args, config) -> None:
-    """``run``: the task for this config's image size, and the classes, before its first config runs."""
+    """``run``: the task for this config's image size, with its mask or kernel (kept in
+    ``args.operators`` for the run), and the classes, before its first config runs."""
     from .classes import resolve_classes
     from .degradations import make_degradation
     from .demo import default_images
 
+    size = int(config.data.image_size)
+    params, mask = _operator(args, size)
+    if mask is not None:
+        params["mask"] = mask
+    args.operators[config.name] = params
     if args.task is not None:
-        size = int(config.data.image_size)
-        make_degradation(args.task, size)
+        make_degradation(args.task, size, **params)
     if args.classes and "classifier" in config.checkpoints:
         count = len(args.images) if args.images else len(default_images(config))
         resolve_classes(args.classes[0] if len(args.classes) == 1 else args.classes, count)

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import engine, validate
+from . import engine, threads, validate
 from .config import load_config
 from .datasets import DataSet, check_images, open_data
 from .degradations import make_degradation
@@ -164,9 +164,11 @@ def evaluate(
            "steps": settings.steps, "eta": settings.eta, "eta_b": settings.eta_b, "seed": settings.seed,
            "classifier_scale": settings.classifier_scale if "classifier" in config.checkpoints else None,
            "image_size": size, "data": data_set.description}
+    count = threads.for_evaluation(settings.device)  # the same in every rank and in one process: docs/evaluation.md
     ranks = Ranks.join(settings.device)
     folder = Path(out_dir).expanduser()
     run_folder = None
+    before = threads.set_count(count)
     try:
         done = ranks.on_zero(lambda: survey(folder, run, data_set).done)
         todo = [i for i in range(len(data_set)) if i not in done]
@@ -220,6 +222,7 @@ def evaluate(
         if run_folder is not None:
             run_folder.close()
         ranks.close()
+        threads.set_count(before)
 
 
 def _say_problems(data_set: DataSet, todo: list[int], done: set[int], checked: list, size: int) -> dict[int, str]:

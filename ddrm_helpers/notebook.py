@@ -17,6 +17,7 @@ import re
 
 import torch
 
+from . import threads
 from .config import available_configs
 from .display import in_notebook, label_result, labelled_results, row_names, show_grid
 from .runner import run_config
@@ -27,7 +28,8 @@ CPU_SECONDS_PER_STEP = {"celeba_hq": "about 4.4 s", "imagenet": "30 to 40 s"}
 
 
 def device_report() -> str:
-    """Which device will run, and what that means for the waiting time."""
+    """Which device will run, and what that means for the waiting time. On a CPU it also sets
+    PyTorch's thread count for this kernel (:func:`ddrm_helpers.threads.apply`) and says it."""
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         text = (f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB). A config restores its demo "
@@ -38,6 +40,9 @@ def device_report() -> str:
                 f"{CPU_SECONDS_PER_STEP['imagenet']} with an ImageNet model (Configs 2 and 3), so a config's "
                 "demo (20 steps) takes minutes to tens of minutes (docs/performance.md). In Colab: Runtime > "
                 "Change runtime type > a GPU, then run all again.")
+        chosen = threads.apply("cpu")
+        waiting = ", and more threads would wait for each other" if chosen.lowered else ""
+        text += f" PyTorch computes with {chosen}{waiting}; `torch.set_num_threads(N)` in a cell chooses."
     print(text)
     return text
 

@@ -11,6 +11,9 @@ Faults:
     ("reset", k)                          the right headers, k body bytes, then a TCP reset
     ("short", k)                          the right headers, k body bytes, then a clean close
     ("stall", k, seconds)                 k body bytes, then silence for that long, then close
+    ("hold", k)                           k body bytes, then silence until the next request to this path
+                                          arrives (its log entry then says held_until "the next request"),
+                                          or 60 s (held_until "60 s"), then close
     ("ignore_range",)                     200 with the whole file, whatever the Range
     ("body", data[, headers])             200 with other bytes than the payload
     ("redirect", location[, headers])     302 to location
@@ -50,6 +53,7 @@ class FaultyServer:
         self.routes: dict[str, Route] = {}
         self.log: list[dict] = []
         self._lock = threading.Lock()
+        self._holds: dict[str, list[tuple[dict, threading.Event]]] = {}  # path -> answers held silent
         handler = type("Handler", (_Handler,), {"server_state": self})
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
@@ -98,6 +102,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         entry = {"path": path, "range": self.headers.get("Range"), "status": None, "sent": 0}
         state.log.append(entry)
+        with state._lock:  # a request that comes while an earlier answer is held silent ends the hold
+            for held, release in state._holds.pop(path, []):
+                held["held_until"] = "the next request"
+                release.set()
         route = state.routes.get(path)
         if route is None:
             return self._plain(entry, 404, b"<html><title>404 Not Found</title></html>", {}, "text/html")
@@ -140,10 +148,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if kind == "drip":
             return self._drip(entry, body, *fault[1:])
-        limit = fault[1] if kind in ("reset", "short", "stall") else len(body)
+        limit = fault[1] if kind in ("reset", "short", "stall", "hold") else len(body)
+        if kind == "hold":
+            release = threading.Event()
+            with state._lock:
+                state._holds.setdefault(path, []).append((entry, release))
         self._send(entry, body[:limit], route.rate)
         if kind == "stall":
             time.sleep(fault[2])
+        if kind == "hold" and not release.wait(60):
+            entry["held_until"] = "60 s"
         if kind == "reset":
             # Let the client read what was sent (a reset drops unread data), then reset:
             # SO_LINGER with a zero timeout turns close() into a TCP reset.

@@ -2,7 +2,7 @@
 independently (conv2d, avg_pool2d, the mask, explicit formulas), never from the operator's SVD."""
 
 import re
-import time
+import sys
 
 import numpy as np
 import pytest
@@ -338,27 +338,33 @@ def test_operator_moves_with_to_and_defaults_to_float32_on_cpu():
     assert inp.mask.dtype == torch.bool and inp._order.dtype == torch.long
 
 
-@pytest.fixture
-def one_thread():
-    """Multi-threaded LAPACK stalls for seconds when other jobs share the cores; one thread does
-    not, so the timing below measures our code rather than the machine's load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def python_lines(work) -> int:
+    """How many lines of Python run while ``work()`` runs (counted with ``sys.settrace``)."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        work()
+    finally:
+        sys.settrace(previous)
+    return count
 
 
-def test_construction_is_fast_at_256(one_thread):
-    """The reference built its inpainting index list in a Python loop: tens of seconds at 256.
-    Ours take milliseconds to tens of milliseconds (docs/performance.md)."""
+def test_construction_is_vectorised_at_256():
+    """The reference built its inpainting index list in a Python loop over every entry, 196,608 at
+    256x256x3 (tens of seconds). A counted budget, not a timed one: building any operator at 256 runs
+    at most 5,000 lines of Python (measured: 440 to 841), where such a loop runs one per entry."""
     for name in NAMES:
         params = EXAMPLE_PARAMS.get(name, lambda h, w: {})(256, 256)
-        seconds = []
-        for _ in range(3):  # the best of three, so that a moment of load does not fail the test
-            start = time.perf_counter()
-            make_degradation(name, 256, **params)
-            seconds.append(time.perf_counter() - start)
-        assert min(seconds) < 1.0, (name, seconds)
+        make_degradation(name, 256, **params)  # imports and caches out of the count
+        lines = python_lines(lambda: make_degradation(name, 256, **params))  # noqa: B023 (called at once)
+        assert lines < 5_000, (name, lines)
 
 
 # -- errors that say what to do -----------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from ddrm_helpers import available_degradations
+from ddrm_helpers import available_degradations, threads
 from ddrm_helpers.cli import build_parser
 from ddrm_helpers.paths import CHECKPOINT_DIR_ENV, EXP_DIR_ENV, REGISTRY_ENV
 
@@ -45,7 +45,8 @@ def test_environment_variables_named_in_the_docs_exist():
     docs = README + "".join(p.read_text() for p in (REPO / "docs").glob("*.md"))
     named = set(re.findall(r"\bDDRM_[A-Z_]+\b", docs))
     # DDRM_APP_SCREENSHOT: where tests/test_app_browser.py keeps its screenshot
-    assert named <= {CHECKPOINT_DIR_ENV, EXP_DIR_ENV, REGISTRY_ENV, "DDRM_CONFIG_OVERRIDES", "DDRM_APP_SCREENSHOT"}
+    assert named <= {CHECKPOINT_DIR_ENV, EXP_DIR_ENV, REGISTRY_ENV, "DDRM_CONFIG_OVERRIDES", "DDRM_APP_SCREENSHOT",
+                     threads.ENV}
     assert CHECKPOINT_DIR_ENV in README
 
 

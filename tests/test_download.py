@@ -200,10 +200,11 @@ def test_an_error_body_sent_as_octet_stream_is_caught_by_its_size_or_content(ser
 
 
 def test_a_stall_past_the_read_timeout_is_retried_and_resumed(server, root, policy, sleeps):
-    spec = spec_for(server.add("/m", PAYLOAD, faults=[("stall", 1_000_000, 2.0)]))
-    started = time.monotonic()
+    spec = spec_for(server.add("/m", PAYLOAD, faults=[("hold", 1_000_000)]))
     assert_good(fetch(spec, root, policy))
-    assert time.monotonic() - started < 1.9  # gave up on the stalled connection, did not wait it out
+    # The first answer fell silent until the next request came (60 s at most): the client gave up on
+    # it after its read timeout and asked again, rather than wait it out, however slow the machine.
+    assert server.log[0]["held_until"] == "the next request"
     assert server.log[1]["range"] is not None and server.log[1]["status"] == 206
     assert sleeps == [1.0]
 
@@ -425,7 +426,9 @@ def child(url, root, payload=PAYLOAD):
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_part(path, at_least, timeout=20):
+# The two waits below poll for a state another process or thread reaches; their timeouts only
+# bound a hang (a state never reached), far beyond the time it takes on a busy machine.
+def wait_for_part(path, at_least, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.stat().st_size >= at_least:
@@ -434,7 +437,7 @@ def wait_for_part(path, at_least, timeout=20):
     raise AssertionError(f"{path} never reached {at_least} bytes")
 
 
-def wait_until(condition, timeout=5):
+def wait_until(condition, timeout=120):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

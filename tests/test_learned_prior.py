@@ -21,11 +21,21 @@ import numpy as np
 import pytest
 import torch
 
-from ddrm_helpers import CheckpointStore, ddrm_sample, load_config, load_pretrained, make_degradation, run_config
+from ddrm_helpers import (
+    CheckpointStore,
+    ddrm_sample,
+    load_config,
+    load_pretrained,
+    make_degradation,
+    prior_sampling,
+    run_config,
+)
 from ddrm_helpers import selftest as selftest_module
 from ddrm_helpers.engine import natural_inverse
 from ddrm_helpers.images import load_images
 from ddrm_helpers.models.ddpm import DDPMUNet
+from ddrm_helpers.prior_checks import mean_psnr
+from ddrm_helpers.prior_sampling import compare_half_precision, sample_prior
 from ddrm_helpers.registry import load_registry
 from ddrm_helpers.restore import restore_photo
 from ddrm_helpers.schedule import betas_from_config
@@ -34,12 +44,9 @@ from ddrm_helpers.selftest import (
     PRIOR_CONFIG,
     PRIOR_DIR,
     PRIOR_REGISTRY,
-    compare_half_precision,
     heldout_digits,
-    mean_psnr,
     prior_store,
     run_check,
-    sample_prior,
     selftest,
 )
 
@@ -240,11 +247,12 @@ def test_selftest_passes_and_draws(monkeypatch):
     # The GPU's half-precision comparison replays the same measurement and noise: with the network left
     # as it is, it gives the float32 samples exactly; under float16 autocast (here on the CPU, slow, so
     # on 2 digits), nearly the same restoration.
-    sr2 = run_check(CHECKS[-1], heldout_digits(2)[0], samples=2, device="cpu")
-    monkeypatch.setattr(selftest_module, "half_precision", lambda model, dtype=None: model)
-    assert compare_half_precision(sr2, "cpu") == (0.0, 0.0)
+    sr2 = run_check(next(c for c in CHECKS if c.task == "sr2"), heldout_digits(2)[0], samples=2, device="cpu")
+    prior = dict(config=load_config(PRIOR_CONFIG), store=prior_store())
+    monkeypatch.setattr(prior_sampling, "half_precision", lambda model, dtype=None: model)
+    assert compare_half_precision(sr2, "cpu", **prior) == (0.0, 0.0)
     monkeypatch.undo()
-    gap, differs = compare_half_precision(sr2, "cpu", torch.float16)
+    gap, differs = compare_half_precision(sr2, "cpu", **prior, dtype=torch.float16)
     assert abs(gap) < 0.5 and 0 < differs < 0.1
 
 
@@ -275,9 +283,11 @@ def test_selftest_fails_when_the_prior_is_not_the_trained_one(monkeypatch, tmp_p
     monkeypatch.setattr(selftest_module, "PRIOR_REGISTRY", registry)
     report = selftest("cpu", quiet=True)
     assert not report.ok and report.problem is None and "FAIL" in report.verdict
-    monkeypatch.setattr(selftest_module, "PRIOR_REGISTRY", PRIOR_REGISTRY)  # the shipped hash: the file is corrupt
+    monkeypatch.setattr(selftest_module, "PRIOR_REGISTRY", PRIOR_REGISTRY)  # the shipped hash: not the shipped file
     report = selftest("cpu", quiet=True)
-    assert not report.ok and "could not run" in report.verdict and "corrupt" in report.problem
+    assert not report.ok and "could not run" in report.verdict
+    assert "is not the file that ships with the package" in report.problem
+    assert "expected 2,643,899 bytes" in report.problem
 
 
 def test_the_shipped_heldout_digits_are_load_digits_never_trained_on():
