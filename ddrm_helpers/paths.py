@@ -23,6 +23,8 @@ Environment variables:
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 from pathlib import Path
 
 CHECKPOINT_DIR_ENV = "DDRM_CHECKPOINT_DIR"
@@ -61,3 +63,14 @@ def checkpoint_root(cache_dir: str | os.PathLike | None = None) -> Path:
 def registry_path() -> Path:
     """The checkpoint registry: ``$DDRM_REGISTRY`` if set, else ``configs/checkpoints.yml``."""
     return Path(os.environ.get(REGISTRY_ENV) or CONFIGS_DIR / "checkpoints.yml").expanduser()
+
+
+def put_back_command(path: Path) -> str | None:
+    """The command that restores ``path``, a file or folder the project ships, as it was committed:
+    ``git -C <checkout> checkout -- <path>`` where the package is a git checkout and git is
+    installed; else None (a fresh copy of the project is then the way)."""
+    checkout = next((folder for folder in Path(path).resolve().parents if (folder / ".git").exists()), None)
+    if checkout is None or not shutil.which("git"):
+        return None
+    return f"git -C {shlex.quote(str(checkout))} checkout -- {Path(path).resolve().relative_to(checkout).as_posix()}"
+

@@ -37,13 +37,12 @@ import argparse
 import contextlib
 import io
 import math
-import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .paths import PRIOR_DIR, put_back_command
 from .prior_checks import (
     FLOAT32_TOLERANCE,
     GREY_LIMIT,
@@ -57,7 +56,6 @@ from .prior_checks import (
 )
 from .prior_sampling import compare_half_precision
 
-PRIOR_DIR = Path(__file__).resolve().parent / "prior"
 PRIOR_CONFIG = PRIOR_DIR / "digits.yml"
 PRIOR_REGISTRY = PRIOR_DIR / "registry.yml"
 PRIOR_KEY = "digits_ddpm"
@@ -281,11 +279,9 @@ def prior_problem(store=None) -> str | None:
 
 def _put_back() -> str:
     """How to put the shipped prior files back: only a command that works here."""
-    checkout = next((folder for folder in PRIOR_DIR.parents if (folder / ".git").exists()), None)
-    if checkout is not None and shutil.which("git"):
-        prior = PRIOR_DIR.relative_to(checkout).as_posix()
-        return (f"Put the shipped files back with `git -C {shlex.quote(str(checkout))} checkout -- {prior}`, then run "
-                "the self-test again")
+    command = put_back_command(PRIOR_DIR)
+    if command is not None:
+        return f"Put the shipped files back with `{command}`, then run the self-test again"
     return ("Reinstall the package from a fresh copy of the project (the prior's files, ddrm_helpers/prior/, are "
             "part of it), then run the self-test again")
 

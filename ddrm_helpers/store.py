@@ -27,7 +27,7 @@ from pathlib import Path
 from .config import Config, known_configs, load_config
 from .errors import ConfigError, DownloadError
 from .fetch_policy import Reporter, RetryPolicy, download_file
-from .paths import PRIOR_DIR, PROJECT_ROOT, checkpoint_root
+from .paths import PRIOR_DIR, checkpoint_root, put_back_command
 from .registry import CheckpointSpec, get_spec, load_registry, plain_name_problem, read_manifest
 from .safefs import PathBlockedError, blocked_folder, blocked_message
 from .status import CheckpointRow, CheckpointStatus, describe
@@ -48,13 +48,12 @@ def bundled_registry() -> dict[str, CheckpointSpec]:
 
 
 def bundled_remedy(spec: CheckpointSpec) -> str:
-    """What to do when a file that ships with the package is missing or damaged."""
-    path = PRIOR_DIR / spec.subdir / spec.file
-    try:
-        shown = path.relative_to(PROJECT_ROOT)
-    except ValueError:
-        shown = path
-    return f"reinstall the package, or in a checkout restore the file with `git checkout -- {shown}`"
+    """What to do when a file that ships with the package is missing or damaged: only a command
+    that works here (``git checkout`` in a checkout with git, else a fresh copy of the project)."""
+    command = put_back_command(PRIOR_DIR / spec.subdir / spec.file)
+    if command is not None:
+        return f"put it back with `{command}`"
+    return "reinstall the package from a fresh copy of the project (ddrm_helpers/prior/ is part of it)"
 
 
 @dataclass(frozen=True)

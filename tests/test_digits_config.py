@@ -58,7 +58,9 @@ def test_a_missing_shipped_prior_is_skipped_with_how_to_restore_it_and_never_dow
     result = run_config("digits", steps=2, save=False, progress=False, device="cpu")
     assert result.skipped
     line = str(result)
-    assert "digits_ddpm.pt is missing" in line and "git checkout -- " in line and "reinstall" in line
+    # the copy is no git checkout: the remedy is a fresh copy of the project, not a command that fails
+    assert "digits_ddpm.pt is missing" in line and "reinstall the package from a fresh copy" in line
+    assert "git -C" not in line
     out = capsys.readouterr().out
     assert "downloading" not in out and out.count("skipped") == 1
     assert not (copy / "digits" / "digits_ddpm.pt").exists()
@@ -90,3 +92,25 @@ def test_evaluate_runs_the_digits_prior_on_a_folder_of_digits(tmp_path):
     assert not getattr(result, "skipped", False)
     records = [line for line in (tmp_path / "eval" / "records.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 4
+
+
+def test_in_a_checkout_the_remedy_is_the_git_command_that_puts_the_file_back(tmp_path):
+    import subprocess
+
+    from ddrm_helpers.paths import put_back_command
+
+    shutil.copytree(PRIOR_DIR, tmp_path / "project" / "ddrm_helpers" / "prior")
+    target = tmp_path / "project" / "ddrm_helpers" / "prior" / "digits" / "digits_ddpm.pt"
+    assert put_back_command(target) is None  # not a checkout yet
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: the remedy is then a fresh copy, checked above")
+    project = tmp_path / "project"
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(project), *args], check=True)
+    original = target.read_bytes()
+    target.write_bytes(b"damaged")
+    command = put_back_command(target)
+    assert command == f"git -C {project.resolve()} checkout -- ddrm_helpers/prior/digits/digits_ddpm.pt"
+    subprocess.run(command, shell=True, check=True)  # the command works as given
+    assert target.read_bytes() == original
+
