@@ -46,3 +46,22 @@ def tiny(server, tmp_path, monkeypatch):
 
     env = install_tiny_checkpoints(server, tmp_path, monkeypatch, keys=("celeba_hq",))
     return {**os.environ, **env, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A checkpoint folder, not made yet."""
+    return tmp_path / "checkpoints"
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A user's file outside the checkpoint folder, on the same file system (so that a link, soft or
+    hard, may point at it): what the store must never write through."""
+    from .store_helpers import OUTSIDE
+
+    path = tmp_path / "elsewhere" / "precious.bin"
+    path.parent.mkdir()
+    path.write_bytes(OUTSIDE)
+    return path
+

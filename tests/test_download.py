@@ -48,11 +48,6 @@ def policy(sleeps):
     return RetryPolicy(max_failures=4, read_timeout=0.5, connect_timeout=2, sleep=sleeps.append)
 
 
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path / "checkpoints"
-
-
 def spec_for(*urls, payload=PAYLOAD, **fields) -> CheckpointSpec:
     defaults = dict(key="test_model", file="model.ckpt", subdir="test", size=len(payload),
                     sha256=hashlib.sha256(payload).hexdigest(), description="a test checkpoint")

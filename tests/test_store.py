@@ -22,35 +22,18 @@ from ddrm_helpers.download import RetryPolicy, fetch_checkpoint
 from ddrm_helpers.safefs import PathBlockedError
 from ddrm_helpers.store import CheckpointStore
 
+from .store_helpers import OUTSIDE, fetch
 from .test_download import PAYLOAD, SHA256, SIZE, files_in, spec_for
 from .tiny_files import pinned_entry, write_registry
 
 pytestmark = pytest.mark.server
 
-OUTSIDE = b"a file of the user's, outside the checkpoint folder\n" * 100
 
 
 @pytest.fixture
 def policy():
     return RetryPolicy(max_failures=3, read_timeout=0.5, connect_timeout=2, sleep=lambda s: None)
 
-
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path / "checkpoints"
-
-
-@pytest.fixture
-def outside(tmp_path):
-    """A user's file outside the root that a link may point at."""
-    path = tmp_path / "elsewhere" / "precious.bin"
-    path.parent.mkdir()
-    path.write_bytes(OUTSIDE)
-    return path
-
-
-def fetch(spec, root, policy, **kwargs):
-    return fetch_checkpoint(spec, root, retry=policy, progress=False, quiet=True, **kwargs)
 
 
 def unchanged(path):

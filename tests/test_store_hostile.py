@@ -19,11 +19,11 @@ from ddrm_helpers import DownloadError
 from ddrm_helpers.download import RetryPolicy, fetch_checkpoint
 from ddrm_helpers.safefs import PathBlockedError
 
+from .store_helpers import OUTSIDE, fetch
 from .test_download import PAYLOAD, SHA256, files_in, spec_for
 
 pytestmark = pytest.mark.server
 
-OUTSIDE = b"a file of the user's, outside the checkpoint folder\n" * 100
 FOREIGN_UID = 4242  # another user of a shared folder
 
 
@@ -33,26 +33,9 @@ def policy():
 
 
 @pytest.fixture
-def root(tmp_path):
-    return tmp_path / "checkpoints"
-
-
-@pytest.fixture
 def folder(root):
     return root / "test"
 
-
-@pytest.fixture
-def outside(tmp_path):
-    """A user's file outside the root, on the same file system (so that it can be hard-linked)."""
-    path = tmp_path / "elsewhere" / "precious.bin"
-    path.parent.mkdir()
-    path.write_bytes(OUTSIDE)
-    return path
-
-
-def fetch(spec, root, policy, **kwargs):
-    return fetch_checkpoint(spec, root, retry=policy, progress=False, quiet=True, **kwargs)
 
 
 def unchanged(path) -> bool:
