@@ -192,3 +192,30 @@ def test_the_command_line_restores_at_its_own_size_by_default(tmp_path, capsys):
                                                "of pixels from 0 to 7 (default 2)")
     op = make_degradation("sr2", (32, 48))
     assert op.measured_shape == (3, 16, 24)
+
+
+def test_after_its_first_step_a_long_run_says_how_long_it_should_take(monkeypatch, capsys):
+    """The forecast is the first step's time (a clock given here, 30 s a reading apart) times the steps."""
+    from ddrm_helpers import engine
+
+    readings = iter(range(0, 10**6, 30))
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(readings))
+    restore_photo("digits", photo(digit_mosaic(0, 2, 3)), "deno", sigma_y=0.1, **QUIET)
+    out = capsys.readouterr().out
+    assert "The first step took 30.0 s: the whole run should take about 2 min." in out  # 5 steps of 30 s
+
+
+@pytest.mark.server
+def test_config_3_guesses_one_class_for_the_whole_photo_and_guides_every_tile(server, tmp_path, monkeypatch, capsys):
+    from .tiny_models import install_tiny_checkpoints
+
+    install_tiny_checkpoints(server, tmp_path, monkeypatch, keys=("imagenet_256_cond", "imagenet_256_classifier"))
+    picture = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1  # two tiles of 64
+    result = restore_photo("imagenet_256_cc", picture, "deno", sigma_y=0.1, steps=2, save=False, progress=False,
+                           device="cpu")
+    assert result.restored.shape == (1, 3, 64, 96) and len(result.classes) == 1
+    out = capsys.readouterr().out
+    assert out.count("No class given for photo1: the classifier proposes") == 1
+    assert "96x64 (width x height) is restored as 2 tiles of 64x64" in out
+    assert "(and as many of the classifier)" in out
+
