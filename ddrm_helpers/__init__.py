@@ -18,7 +18,10 @@ Modules, one idea each:
 - ``safefs``       the file-system rules of everything we write: no link followed, nothing foreign written
 - ``status``       the checkpoint table: which configs can run, and why not
 - ``readiness``    ``prepare_checkpoints``: fetch what can be had, one line per file that cannot
-- ``degradations`` the linear degradations H of DDRM, each with its exact SVD (``make_degradation``)
+- ``degradations`` the linear degradations H of DDRM by name (``make_degradation``)
+- ``operators``    the degradations themselves, each with its exact SVD (``Degradation`` and its kinds)
+- ``factors``      their building blocks: 1-D matrices, kernels, exact decompositions, size checks
+- ``masks``        inpainting masks: text, boxes, from a file or an array
 - ``schedule``     the diffusion's noise schedule and DDRM's timestep sequence
 - ``sampler``      the DDRM sampler (``ddrm_sample``)
 - ``models``       the three networks (``build_model``, ``build_classifier``, ``load_pretrained``)
@@ -83,9 +86,10 @@ _SOURCES = {
     "store": ("CheckpointStore", "checkpoint_status", "ensure_checkpoints", "fetch_checkpoint"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-_SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "download", "engine", "http_deadline", "http_protocol",
-               "images", "metrics", "notebook", "operator_inputs", "part_writer", "paths", "prior_checks",
-               "prior_sampling", "safefs", "selftest", "summary", "threads", "torch_zip", "validate", "verify")
+_SUBMODULES = (*_SOURCES, "classes", "cli", "datasets", "demo", "download", "engine", "factors", "http_deadline",
+               "http_protocol", "images", "masks", "metrics", "notebook", "operator_inputs", "operators", "part_writer",
+               "paths", "prior_checks", "prior_sampling", "safefs", "selftest", "summary", "threads", "torch_zip",
+               "validate", "verify")
 _SUBMODULES += ("distribution", "outdir", "ranks", "records", "runfolder")  # the evaluation's
 _SUBMODULES += ("budget", "canvas", "tiles")  # any size
 

@@ -414,7 +414,8 @@ def test_color_needs_channels_and_inputs_need_their_size():
 def test_the_1d_factors_of_large_blurs_are_exact_whichever_way_they_are_computed(n, kernel):
     """Sides of 64 and more take the cheap paths: a symmetric, centrosymmetric blur split into two
     half-size eigenproblems, an asymmetric one by its SVD; both give the exact decomposition."""
-    from ddrm_helpers.degradations import _correlation_matrix, _svd_with_numerical_zeros
+    from ddrm_helpers.factors import correlation_matrix as _correlation_matrix
+    from ddrm_helpers.factors import svd_with_numerical_zeros as _svd_with_numerical_zeros
 
     taps = {"gauss": gaussian(3.0, 7), "uniform": torch.full((9,), 1 / 9, dtype=F64),
             "asymmetric": torch.tensor([0.1, 0.5, 0.3, 0.1], dtype=F64)}[kernel]
