@@ -40,6 +40,7 @@ from .config import Config, learns_sigma
 from .degradations import Degradation
 from .demo import known_classes
 from .errors import DegradationError
+from .images import resize
 from .paths import exp_dir
 from .sampler import ddrm_sample, sigma_0_from_sigma_y
 from .schedule import betas_from_config
@@ -252,7 +253,7 @@ def restore(config: Config, networks, inputs: Inputs, settings: Settings, *, gen
     tile = int(config.data.image_size)
     classes = inputs.classes
     if networks.classifier is not None and classes is None:
-        classes = _default_classes(inputs.sources, networks.classifier, _at_size(baseline, tile), inputs.names,
+        classes = _default_classes(inputs.sources, networks.classifier, resize(baseline, tile), inputs.names,
                                    verbose)
     samples = sample_measurements(
         networks, y, degradation, settings, classes=classes, generator=generator, callback=callback,
@@ -308,13 +309,13 @@ def sample_measurements(networks, y: torch.Tensor, degradation, settings: Settin
             eta_b=settings.eta_b, classifier=classifier,
             classes=None if row_classes is None else row_classes[part], classifier_scale=settings.classifier_scale,
             generator=generator, progress=progress, betas=betas, learned_sigma=learned_sigma,
-            callback=None if callback is None else functools.partial(_with_batch_start, callback, start, batch,
+            callback=None if callback is None else functools.partial(_with_batch, callback, start, batch,
                                                                      len(starts)),
         ))
     return torch.cat(restored).clamp(-1, 1).reshape(y.shape[0], k, *degradation.image_shape)
 
 
-def _with_batch_start(callback, start: int, batch: int, batches: int, info: dict) -> None:
+def _with_batch(callback, start: int, batch: int, batches: int, info: dict) -> None:
     callback({**info, "batch_start": start, "batch": batch, "batches": batches})
 
 
@@ -361,14 +362,6 @@ def natural_inverse(degradation, y: torch.Tensor) -> torch.Tensor:
     if tuple(image.shape[-2:]) != size:
         image = torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False)
     return image.clamp(-1, 1)
-
-
-def _at_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``images`` resized (antialiased bicubic) to ``size`` x ``size``, the classifier's input, when they are not."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic", antialias=True,
-                                           align_corners=False).clamp(-1, 1)
 
 
 def _default_classes(sources, classifier, images: torch.Tensor, names: list[str], verbose: bool) -> list[int]:

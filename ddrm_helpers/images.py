@@ -82,12 +82,16 @@ def square(image: torch.Tensor, fit: str) -> torch.Tensor:
     return torch.from_numpy(np.pad(image.numpy(), padding, mode="symmetric"))
 
 
-def resize(image: torch.Tensor, side: int) -> torch.Tensor:
-    """``[C, h, w]`` in [-1, 1] resized to ``side`` x ``side`` (bicubic, antialiased, clipped)."""
-    if tuple(image.shape[1:]) == (side, side):
+def resize(image: torch.Tensor, size) -> torch.Tensor:
+    """``[C, h, w]`` or ``[N, C, h, w]`` in [-1, 1] resized to ``size`` (a side, or (height, width);
+    bicubic, antialiased, clipped); as it is when it has that size already."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if tuple(image.shape[-2:]) == (height, width):
         return image
-    return torch.nn.functional.interpolate(image[None], size=(side, side), mode="bicubic", antialias=True,
-                                           align_corners=False)[0].clamp(-1, 1)
+    batch = image if image.dim() == 4 else image[None]
+    out = torch.nn.functional.interpolate(batch, size=(height, width), mode="bicubic", antialias=True,
+                                          align_corners=False).clamp(-1, 1)
+    return out if image.dim() == 4 else out[0]
 
 
 def describe(source: ImageSource) -> str:

@@ -49,7 +49,7 @@ from .config import load_config
 from .degradations import Colorization, Degradation, Inpainting, load_mask, make_degradation, scale_factor
 from .engine import Inputs, Skipped, resolve_settings
 from .errors import DegradationError, ImageError, SamplingError
-from .images import load_image, square, to_pil
+from .images import load_image, resize, square, to_pil
 from .noise import estimate_noise
 from .results import RunResult, image_names, report
 from .sampler import sigma_0_from_sigma_y
@@ -149,8 +149,7 @@ def _reference(reference, size: int, canvas: Canvas | None, notes: list[str]) ->
     if tuple(image.shape[1:]) != (height, width):
         notes.append(f"The reference is {image.shape[2]}x{image.shape[1]}: resized to the result's {width}x{height} "
                      "to be compared with it.")
-        image = F.interpolate(image[None], size=(height, width), mode="bicubic", antialias=True,
-                              align_corners=False)[0].clamp(-1, 1)
+        image = resize(image, (height, width))
     return image[None]
 
 
@@ -271,8 +270,7 @@ def _fit(image: torch.Tensor, side: int, fit: str, task: str, size: int, mask: t
         resized = f"Resized from {image.shape[-1]}x{image.shape[-1]} to {side}x{side}"
         notes.append(f"{resized}: {task} makes the model's {size}x{size} out of {side}x{side}." if side != size
                      else f"{resized}, the model's size.")
-        image = F.interpolate(image[None], size=(side, side), mode="bicubic", antialias=True,
-                              align_corners=False)[0].clamp(-1, 1)
+        image = resize(image, side)
         if mask is not None:  # nearest, so that the mask stays white and black
             mask = F.interpolate(mask[None].float(), size=(side, side), mode="nearest-exact")[0] >= 0.5
     return image, mask, notes
